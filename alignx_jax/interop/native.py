@@ -1,0 +1,74 @@
+"""Our own model folder: `alignx_model.json` (the LlamaConfig) + `params/` (an orbax checkpoint).
+
+`alignx convert hf-to-jax` writes it; from_pretrained and `convert jax-to-hf` read it. Tokenizer
+files, when known, are saved beside them so the folder is self-contained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from alignx_jax.models import llama
+
+CONFIG_FILE = "alignx_model.json"
+PARAMS_DIR = "params"
+
+
+def config_to_json(config: llama.LlamaConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), indent=2)
+
+
+def config_from_json(text: str, source: str = CONFIG_FILE) -> llama.LlamaConfig:
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not valid JSON ({e})") from None
+    known = {f.name for f in dataclasses.fields(llama.LlamaConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown LlamaConfig field(s) {unknown}")
+    if fields.get("rope_scaling") is not None:
+        fields["rope_scaling"] = llama.RopeScaling(**fields["rope_scaling"])
+    if isinstance(fields.get("eos_token_id"), list):
+        fields["eos_token_id"] = tuple(fields["eos_token_id"])
+    return llama.LlamaConfig(**fields)
+
+
+def is_native(folder: str | os.PathLike) -> bool:
+    return (pathlib.Path(folder) / CONFIG_FILE).is_file()
+
+
+def save_native(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, *, tokenizer=None) -> pathlib.Path:
+    folder = pathlib.Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(folder / PARAMS_DIR, params, force=True)
+    checkpointer.wait_until_finished()
+    (folder / CONFIG_FILE).write_text(config_to_json(config))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_native(folder: str | os.PathLike, *, shardings=None) -> tuple[dict, llama.LlamaConfig]:
+    """Restore (params, config); `shardings` (a pytree of Sharding) places params directly."""
+    folder = pathlib.Path(folder).absolute()
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: missing, so {folder} is not an alignx_jax model folder")
+    if not (folder / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{folder / PARAMS_DIR}: missing parameter checkpoint")
+    config = config_from_json(config_path.read_text(), str(config_path))
+    shapes = llama.param_shapes(config)
+    if shardings is not None:
+        shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    try:
+        params = ocp.StandardCheckpointer().restore(folder / PARAMS_DIR, shapes)
+    except Exception as e:  # orbax raises several types for truncated or mismatched checkpoints
+        raise ValueError(f"{folder / PARAMS_DIR}: cannot restore the parameters of {config_path.name} ({e})") from e
+    return params, config
