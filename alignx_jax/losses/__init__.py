@@ -1,0 +1,40 @@
+"""Preference losses: pure functions over per-sequence log-probs, in a registry keyed by TRL's names.
+
+Call form of every loss (built-in or your own)::
+
+    losses, metrics = alignx_jax.losses.get("sigmoid")(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, **hparams)
+
+* inputs: summed response log-probs ``[B]`` (float32; bf16/fp16 are computed in float32). Pass
+  ``ref_chosen = ref_rejected = None`` for the reference-free mode (log pi_ref = 0); simpo, cpo and
+  orpo never use the reference.
+* optional keyword inputs, accepted by every built-in loss: ``chosen_tokens`` / ``rejected_tokens``
+  (response token counts ``[B]``, for length normalization), ``policy_chosen_avg`` /
+  ``policy_rejected_avg`` (average token log-probs ``[B]``, instead of counts for simpo/orpo/NLL),
+  ``weights`` (per-example ``[B]`` multipliers of the losses).
+* output: per-example ``losses [B]`` (the caller reduces, usually by the mean) and ``metrics``, a dict
+  of per-example ``[B]`` arrays without gradient under TRL's names: ``rewards/chosen``,
+  ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
+  ``logps/rejected``, plus loss-specific ones (``nll_loss``, ``log_odds_ratio``, ...).
+* ``aot``, ``aot_pair`` (= ``aot_unpaired``) and ``sft`` (default ``token_average="batch"``) are
+  batch-level: their entries are not independent per example; reduce them by the mean only.
+
+Adding a loss: write one function with that call form, decorate it with ``@register("name")``, and
+add one test. A config may also name a loss by import path (``resolve("my_pkg.losses:my_loss")``).
+"""
+from alignx_jax.losses import _aot, _anchored, _dpo, _mixture, _nll, _reference_free  # noqa: F401  (registers)
+from alignx_jax.losses._divergence import F_DIVERGENCES, f_divergence_scores
+from alignx_jax.losses._registry import CALL_FORM, LossFn, check_call_form, descriptions, get, names, register, resolve
+
+__all__ = [
+    "CALL_FORM",
+    "F_DIVERGENCES",
+    "LossFn",
+    "check_call_form",
+    "descriptions",
+    "f_divergence_scores",
+    "get",
+    "names",
+    "register",
+    "resolve",
+]

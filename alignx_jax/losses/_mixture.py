@@ -1,0 +1,51 @@
+"""Weighted sums of registered losses (TRL's ``loss_type`` list with ``loss_weights``)."""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import jax
+
+from alignx_jax.losses._registry import get, register
+
+# Keyword inputs that describe the batch, passed to every component that names them.
+_DATA_INPUTS = ("chosen_tokens", "rejected_tokens", "policy_chosen_avg", "policy_rejected_avg", "weights")
+
+
+@register("mixture")
+def mixture(
+    policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *,
+    loss_type: Sequence[str] = ("sigmoid",), loss_weights: Sequence[float] | None = None, **hparams,
+):
+    r"""Weighted sum of losses by name, e.g. MPO = sigmoid + bco_pair + sft (TRL's loss_weights).
+
+    .. math:: L_i = \sum_k w_k L^{(k)}_i
+
+    so the batch mean equals TRL's ``sum_k w_k mean(L^(k))``. Each hyper-parameter (beta,
+    label_smoothing, ...) goes to every component that accepts it, as TRL shares one config; one that
+    no component accepts is an error. Metrics: the first component's, then each component's extra
+    ones not already present, plus ``loss/<name>`` with every component's unweighted [B] losses.
+    """
+    loss_type = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if not loss_type:
+        raise ValueError("loss 'mixture': loss_type must name at least one loss")
+    if "mixture" in loss_type:
+        raise ValueError("loss 'mixture': a mixture cannot contain 'mixture'; list its components instead")
+    loss_weights = [1.0] * len(loss_type) if loss_weights is None else list(loss_weights)
+    if len(loss_weights) != len(loss_type):
+        raise ValueError(
+            f"loss 'mixture': loss_weights has {len(loss_weights)} values for {len(loss_type)} losses {loss_type}"
+        )
+    components = [get(name) for name in loss_type]
+    accepted = [set(inspect.signature(fn).parameters) for fn in components]
+    unused = sorted(key for key in hparams if key not in _DATA_INPUTS and not any(key in a for a in accepted))
+    if unused:
+        raise ValueError(f"loss 'mixture': hyper-parameters {unused} are accepted by none of {loss_type}")
+    total, metrics = 0.0, {}
+    for name, fn, weight, names in zip(loss_type, components, loss_weights, accepted):
+        losses, component_metrics = fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                       **{key: value for key, value in hparams.items() if key in names})
+        total = total + weight * losses
+        metrics = {**component_metrics, **metrics}
+        metrics[f"loss/{name}"] = jax.lax.stop_gradient(losses)
+    return total, metrics
