@@ -1,0 +1,67 @@
+"""Layer 1 data: record sources, TFDS builder `alignx`, Grain pipeline, persona rendering,
+shared-prefix packing and synthetic users."""
+from alignx_jax.data._packing import (
+    CHOSEN,
+    DEFAULT_SEQ_LENGTHS,
+    PAD,
+    PROMPT,
+    REJECTED,
+    EncodedPair,
+    PackedBatch,
+    PackingConfig,
+    PackingStats,
+    RowPacker,
+    attention_mask,
+    encode_pair,
+    pack_rows,
+    pack_stream,
+    pack_two_rows,
+)
+from alignx_jax.data._pipeline import PackedBatchDataset, PromptFormat, encode_record, packed_batches
+from alignx_jax.data._rendering import (
+    ChatPrompt,
+    History,
+    chat_text,
+    full_history,
+    ica_eval_prompt,
+    ica_train_prompt,
+    pair_section,
+    pba_prompt,
+    record_profile,
+    reference_prompt,
+    sample_history,
+    ugc_section,
+)
+from alignx_jax.data._sources import (
+    LoadReport,
+    hub_parquet_schema,
+    iter_json_records,
+    iter_parquet_records,
+    iter_records,
+    load_records,
+    write_records,
+)
+from alignx_jax.data._synthetic import synthetic_records
+
+_TFDS_NAMES = ("Alignx", "TfdsRecords", "build_tfds", "persona_key")
+
+
+def __getattr__(name):
+    # TFDS loads in about a second; only code that builds or reads the array_record files pays for it.
+    if name in _TFDS_NAMES:
+        from alignx_jax.data import _tfds_builder
+
+        return {"Alignx": _tfds_builder.Alignx, "TfdsRecords": _tfds_builder.TfdsRecords,
+                "build_tfds": _tfds_builder.build, "persona_key": _tfds_builder.persona_key}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CHOSEN", "DEFAULT_SEQ_LENGTHS", "PAD", "PROMPT", "REJECTED", "EncodedPair", "PackedBatch", "PackingConfig",
+    "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows",
+    "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
+    "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
+    "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",
+    "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
+    "write_records", "synthetic_records", *_TFDS_NAMES,
+]

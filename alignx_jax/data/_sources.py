@@ -1,0 +1,180 @@
+"""Record sources: the hub's parquet shards and JSON / JSONL benchmark files.
+
+Parquet is read one row group at a time, so a 1.3M-record dataset never sits in memory whole.
+Every record is validated; `on_error="raise"` stops at the first bad one, `"skip"` drops it and
+counts it in the `LoadReport`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from alignx_jax.preferences import DEMOGRAPHICS, DIRECTION, PAIRS, UGC, RecordError, validate_record
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a load kept and skipped; `errors` holds one message per skipped record."""
+
+    loaded: int = 0
+    skipped: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _validated(
+    raw: Iterable[Any], source: str, schema: str, on_error: str, report: LoadReport | None, start: int = 0
+) -> Iterator[dict]:
+    for index, record in enumerate(raw, start=start):
+        try:
+            validate_record(record, index, schema=schema, source=source)
+        except RecordError as error:
+            if on_error == "raise":
+                raise
+            if report is not None:
+                report.skipped += 1
+                report.errors.append(str(error))
+            continue
+        if report is not None:
+            report.loaded += 1
+        yield record
+
+
+def parquet_files(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The parquet shards of a hub dataset folder (sorted, searched recursively), or the one file."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no parquet file or folder at {path}")
+    files = sorted(path.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no *.parquet files under {path}")
+    return files
+
+
+def iter_parquet_records(
+    path: str | os.PathLike,
+    *,
+    schema: str = "alignx",
+    on_error: str = "raise",
+    report: LoadReport | None = None,
+) -> Iterator[dict]:
+    """Records of every shard under `path`, row group by row group, as plain Python dicts.
+
+    Column names keep their spaces ('Preference Direction'); nested lists of structs become
+    lists of dicts. Record indices in errors count across shards in file order.
+    """
+    import pyarrow.parquet as pq
+
+    _check_on_error(on_error)
+    start = 0
+    for file in parquet_files(path):
+        reader = pq.ParquetFile(file)
+        for group in range(reader.num_row_groups):
+            rows = reader.read_row_group(group).to_pylist()
+            yield from _validated(rows, str(file), schema, on_error, report, start)
+            start += len(rows)
+
+
+def _json_values(path: pathlib.Path) -> Iterator[Any]:
+    with path.open(encoding="utf-8") as f:
+        head = f.read(1)
+        while head and head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":
+            values = json.load(f)
+            yield from values
+            return
+        for line_number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise RecordError(f"{path}: line {line_number} is not valid JSON: {error}") from None
+
+
+def iter_json_records(
+    path: str | os.PathLike,
+    *,
+    schema: str = "benchmark",
+    on_error: str = "raise",
+    report: LoadReport | None = None,
+) -> Iterator[dict]:
+    """Records of a JSON file (one array of records) or a JSONL file (one record per line)."""
+    _check_on_error(on_error)
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no JSON file at {path}")
+    yield from _validated(_json_values(path), str(path), schema, on_error, report)
+
+
+def iter_records(
+    path: str | os.PathLike,
+    *,
+    schema: str | None = None,
+    on_error: str = "raise",
+    report: LoadReport | None = None,
+) -> Iterator[dict]:
+    """Records of a parquet file or folder (schema "alignx" by default) or a JSON/JSONL file ("benchmark")."""
+    path = pathlib.Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        return iter_parquet_records(path, schema=schema or "alignx", on_error=on_error, report=report)
+    return iter_json_records(path, schema=schema or "benchmark", on_error=on_error, report=report)
+
+
+def load_records(
+    path: str | os.PathLike, *, schema: str | None = None, on_error: str = "raise"
+) -> tuple[list[dict], LoadReport]:
+    """All records of `path` in a list, with the report of what was skipped."""
+    report = LoadReport()
+    records = list(iter_records(path, schema=schema, on_error=on_error, report=report))
+    return records, report
+
+
+def hub_parquet_schema():
+    """The arrow schema of the hub's AlignX parquet shards (column names with spaces)."""
+    import pyarrow as pa
+
+    direction = pa.list_(pa.float64())
+    ugc = pa.struct([("prompt", pa.string()), ("comment", pa.string()), (DIRECTION, direction)])
+    pair = pa.struct([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()), (DIRECTION, direction)])
+    return pa.schema([
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        (DIRECTION, direction),
+        (DEMOGRAPHICS, pa.string()),
+        (UGC, pa.list_(ugc)),
+        (PAIRS, pa.list_(pair)),
+    ])
+
+
+def write_records(records: Sequence[dict], path: str | os.PathLike, *, rows_per_group: int = 1024) -> None:
+    """Write AlignX records by suffix: .parquet (hub schema), .jsonl (one per line), .json (one array)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(list(records), schema=hub_parquet_schema())
+        pq.write_table(table, path, row_group_size=rows_per_group)
+    elif path.suffix == ".jsonl":
+        with path.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(list(records), ensure_ascii=False, indent=1), encoding="utf-8")
+    else:
+        raise ValueError(f"unknown record file type {path.suffix!r} for {path}: use .parquet, .jsonl or .json")

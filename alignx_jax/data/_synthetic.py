@@ -1,0 +1,175 @@
+"""Synthetic personalized preference data in the exact AlignX schema.
+
+Each user marks 2-4 of ten style-bearing dimensions (length, tone, formality, humour,
+enthusiasm, five topics). A response is composed from parts that each style switches on or off.
+Every compared pair differs only along dimensions the user marked, and the user chooses the
+response that matches their marks, so the choice is learnable from the persona. Users come in
+mirror pairs (user 2k+1 flips every mark of user 2k) who see the same posts and candidate
+responses, so a model that ignores the persona sits at 50%.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from alignx_jax import preferences as prefs
+
+_TOPICS = {
+    "Likes science": ("the new telescope images", "how vaccines are tested", "why the sky is blue"),
+    "Likes sports": ("the marathon this weekend", "choosing running shoes", "the playoff game"),
+    "Likes music": ("learning the guitar", "the new jazz album", "building a playlist"),
+    "Likes travel": ("a week in Lisbon", "packing light for a trip", "cheap train passes"),
+    "Likes finance": ("starting an index fund", "paying off a credit card", "a first monthly budget"),
+}
+_GENERAL = ("moving to a new city", "a rainy weekend", "cooking dinner for friends", "a noisy neighbour",
+            "learning a language", "a job interview tomorrow", "fixing a bike", "a birthday gift")
+_ASIDES = {
+    "Likes science": "There is some neat science behind it, too: small experiments tell you more than guesses.",
+    "Likes sports": "Think of it like training for a race: steady practice beats one big effort.",
+    "Likes music": "It is a bit like practising scales: the rhythm comes once you repeat it.",
+    "Likes travel": "It reminds me of planning a trip: the best part is often the detour.",
+    "Likes finance": "Treat it like a budget: decide what it is worth before you spend on it.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Style:
+    label: str  # the positive label of the dimension the style expresses
+    apply: Callable[[dict, bool], None]  # edits the response parts for the positive (True) or negative side
+
+
+def _length(parts, positive):
+    if not positive:
+        parts["body"] += [
+            "Start with the part that worries you most and write down what you already know.",
+            "Then pick one small step you can take today, and check after a few days how it went.",
+        ]
+
+
+def _tone(parts, positive):
+    parts["opener"] = "What a lovely thing to ask about, thank you for sharing!" if positive else "Fine, here is the answer."
+
+
+def _formality(parts, positive):
+    parts["closer"] = "In summary, a deliberate and orderly approach is advisable." if positive else "Anyway, you'll figure it out, no stress."
+
+
+def _humour(parts, positive):
+    if positive:
+        parts["body"].append("Worst case, you get a funny story out of it, and honestly that is half the point.")
+
+
+def _enthusiasm(parts, positive):
+    parts["body"] = [s.rstrip(".") + "!" for s in parts["body"]] if positive else parts["body"]
+
+
+def _topic(label):
+    def apply(parts, positive):
+        if positive:
+            parts["body"].append(_ASIDES[label])
+    return apply
+
+
+STYLES = (
+    _Style("Concise communication style", _length),
+    _Style("High Agreeableness", _tone),
+    _Style("High Conscientiousness", _formality),
+    _Style("Likes humor", _humour),
+    _Style("High Extraversion", _enthusiasm),
+    *(_Style(label, _topic(label)) for label in _TOPICS),
+)
+
+
+def _style_index(label: str) -> int:
+    return prefs.lookup(label)[0].index
+
+
+def _post(rng: np.random.Generator) -> tuple[str, str]:
+    """A post and its subject."""
+    if rng.random() < 0.5:
+        label = list(_TOPICS)[rng.integers(len(_TOPICS))]
+        subject = _TOPICS[label][rng.integers(len(_TOPICS[label]))]
+    else:
+        label, subject = None, _GENERAL[rng.integers(len(_GENERAL))]
+    template = ("What do you think about {}?", "Any advice on {}?", "I keep thinking about {}. Thoughts?")
+    return template[rng.integers(len(template))].format(subject), subject
+
+
+def _response(subject: str, settings: dict[int, bool]) -> str:
+    """A response to `post` with each style in `settings` (dimension index -> positive side?) applied."""
+    parts = {"opener": "", "body": [f"About {subject}: go for it, but keep it simple."],
+             "closer": ""}
+    for style in STYLES:
+        index = _style_index(style.label)
+        if index in settings:
+            style.apply(parts, settings[index])
+    return " ".join(s for s in [parts["opener"], *parts["body"], parts["closer"]] if s)
+
+
+def _user_direction(rng: np.random.Generator) -> np.ndarray:
+    direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
+    marked = rng.choice(len(STYLES), size=int(rng.integers(2, 5)), replace=False)
+    for s in marked:
+        direction[_style_index(STYLES[s].label)] = float(rng.integers(0, 2))
+    return direction
+
+
+def _pair(rng: np.random.Generator, direction: np.ndarray) -> dict:
+    """A post and two responses differing on 1-2 of the user's marked dimensions; chosen matches them.
+    Styles the user did not mark are shared by both responses (drawn at random)."""
+    post, subject = _post(rng)
+    marked = [i for i in np.flatnonzero(direction != prefs.NEUTRAL)]
+    contrast = rng.choice(marked, size=min(len(marked), int(rng.integers(1, 3))), replace=False)
+    shared = {_style_index(s.label): bool(rng.random() < 0.3) for s in STYLES}
+    liked = shared | {int(i): bool(direction[i] == prefs.POSITIVE) for i in contrast}
+    disliked = shared | {int(i): not liked[int(i)] for i in contrast}
+    item_direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
+    item_direction[contrast] = direction[contrast]
+    return {"prompt": post, "chosen": _response(subject, liked), "rejected": _response(subject, disliked),
+            prefs.DIRECTION: item_direction.tolist()}
+
+
+def _ugc(rng: np.random.Generator, direction: np.ndarray) -> dict:
+    post, subject = _post(rng)
+    settings = {int(i): bool(direction[i] == prefs.POSITIVE) for i in np.flatnonzero(direction != prefs.NEUTRAL)}
+    return {"prompt": post, "comment": _response(subject, settings), prefs.DIRECTION: direction.tolist()}
+
+
+def _mirror(record: dict) -> dict:
+    """The same record for the user with every mark flipped: chosen and rejected swap, directions flip."""
+    flip = lambda d: [1.0 - v for v in d]  # noqa: E731
+    pairs = [dict(p, chosen=p["rejected"], rejected=p["chosen"], **{prefs.DIRECTION: flip(p[prefs.DIRECTION])})
+             for p in record[prefs.PAIRS]]
+    return dict(record, chosen=record["rejected"], rejected=record["chosen"], **{prefs.DIRECTION: flip(record[prefs.DIRECTION])},
+                **{prefs.PAIRS: pairs, prefs.UGC: None})
+
+
+def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, history_items: int = 6) -> list[dict]:
+    """`num_users * records_per_user` AlignX records, a user's record and its mirror's alternating.
+
+    Every record carries the user's full direction, `history_items` UGC items and history pairs
+    of that user, and a demographic line naming the user's marks. Deterministic in `seed`.
+    """
+    if num_users < 0 or records_per_user < 1 or history_items < 0:
+        raise ValueError(f"need num_users >= 0, records_per_user >= 1, history_items >= 0; got {num_users}, "
+                         f"{records_per_user}, {history_items}")
+    records = []
+    for base_user in range(0, num_users, 2):
+        rng = np.random.default_rng([seed, base_user])
+        direction = _user_direction(rng)
+        users = [direction] + ([1.0 - direction] if base_user + 1 < num_users else [])
+        for _ in range(records_per_user):
+            target = _pair(rng, direction)
+            pairs = [_pair(rng, direction) for _ in range(history_items)]
+            post_seed = int(rng.integers(2**31))
+            record = {"prompt": target["prompt"], "chosen": target["chosen"], "rejected": target["rejected"],
+                      prefs.DIRECTION: direction.tolist(), prefs.DEMOGRAPHICS: "", prefs.UGC: None, prefs.PAIRS: pairs}
+            for user_direction, make in zip(users, (lambda r: r, _mirror)):
+                user_record = make(record)
+                ugc_rng = np.random.default_rng(post_seed)
+                user_record[prefs.UGC] = [_ugc(ugc_rng, user_direction) for _ in range(history_items)]
+                user_record[prefs.DEMOGRAPHICS] = f"This person can be described as: {prefs.profile_text(user_direction)}."
+                records.append(user_record)
+    return records
