@@ -39,11 +39,12 @@ from alignx_jax.data._sources import (
     iter_parquet_records,
     iter_records,
     load_records,
+    persona_key,
     write_records,
 )
 from alignx_jax.data._synthetic import synthetic_records
 
-_TFDS_NAMES = ("Alignx", "TfdsRecords", "build_tfds", "persona_key")
+_TFDS_NAMES = ("Alignx", "TfdsRecords", "build_tfds")
 
 
 def __getattr__(name):
@@ -52,7 +53,7 @@ def __getattr__(name):
         from alignx_jax.data import _tfds_builder
 
         return {"Alignx": _tfds_builder.Alignx, "TfdsRecords": _tfds_builder.TfdsRecords,
-                "build_tfds": _tfds_builder.build, "persona_key": _tfds_builder.persona_key}[name]
+                "build_tfds": _tfds_builder.build}[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -63,5 +64,5 @@ __all__ = [
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",
     "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
-    "write_records", "synthetic_records", *_TFDS_NAMES,
+    "persona_key", "write_records", "synthetic_records", *_TFDS_NAMES,
 ]

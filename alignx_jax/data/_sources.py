@@ -10,10 +10,12 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from alignx_jax.preferences import DEMOGRAPHICS, DIRECTION, PAIRS, UGC, RecordError, validate_record
+from alignx_jax.preferences import (
+    DEMOGRAPHICS, DIRECTION, GROUND_TRUTH_PERSONA, PAIRS, UGC, RecordError, golden_profile, validate_record,
+)
 
 ON_ERROR = ("raise", "skip")
 
@@ -141,6 +143,15 @@ def load_records(
     report = LoadReport()
     records = list(iter_records(path, schema=schema, on_error=on_error, report=report))
     return records, report
+
+
+def persona_key(record: Mapping[str, Any]) -> str:
+    """What stratifies a benchmark by persona: `ground_truth_persona`, else the golden profile, else ''."""
+    if record.get(GROUND_TRUTH_PERSONA):
+        return record[GROUND_TRUTH_PERSONA]
+    if record.get(DIRECTION) is not None:
+        return golden_profile(record[DIRECTION])
+    return ""
 
 
 def hub_parquet_schema():

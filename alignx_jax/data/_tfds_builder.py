@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from alignx_jax import preferences as prefs
-from alignx_jax.data._sources import iter_records
+from alignx_jax.data._sources import iter_records, persona_key
 
 _MANUAL_SUFFIXES = (".parquet", ".json", ".jsonl")
 
@@ -30,15 +28,6 @@ class AlignxConfig(tfds.core.BuilderConfig):
     def __init__(self, *, name: str, schema: str, description: str):
         super().__init__(name=name, description=description)
         self.schema = schema
-
-
-def persona_key(record: Mapping[str, Any]) -> str:
-    """What stratifies a benchmark: `ground_truth_persona`, else the golden profile, else ''."""
-    if record.get(prefs.GROUND_TRUTH_PERSONA):
-        return record[prefs.GROUND_TRUTH_PERSONA]
-    if record.get(prefs.DIRECTION) is not None:
-        return prefs.golden_profile(record[prefs.DIRECTION])
-    return ""
 
 
 class Alignx(tfds.core.GeneratorBasedBuilder):

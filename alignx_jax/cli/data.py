@@ -1,0 +1,93 @@
+"""`alignx data`: synthesize, validate and summarize AlignX record files."""
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+import statistics
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="synthesize, validate and summarize AlignX record files")
+    commands = parser.add_subparsers(dest="data_command", required=True)
+
+    synth = commands.add_parser("synth", help="write synthetic users' records in the AlignX schema")
+    synth.add_argument("--users", type=int, required=True, help="number of users (mirror pairs: even is best)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--records-per-user", type=int, default=4)
+    synth.add_argument("--history-items", type=int, default=6, help="UGC items and history pairs per record")
+    synth.add_argument("--out", type=pathlib.Path, required=True, help="FILE.parquet (hub schema), .jsonl or .json")
+    synth.set_defaults(func=_synth)
+
+    validate = commands.add_parser("validate", help="check every record; exit 1 if any is bad, listing each")
+    validate.add_argument("file", type=pathlib.Path, help="a .parquet file or folder, .json or .jsonl")
+    validate.add_argument("--schema", choices=("alignx", "benchmark"), default=None,
+                          help="default: alignx for parquet, benchmark for JSON")
+    validate.set_defaults(func=_validate)
+
+    stats = commands.add_parser("stats", help="counts and lengths of a record file")
+    stats.add_argument("file", type=pathlib.Path)
+    stats.add_argument("--schema", choices=("alignx", "benchmark"), default=None)
+    stats.set_defaults(func=_stats)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from alignx_jax import data
+
+    records = data.synthetic_records(args.users, seed=args.seed, records_per_user=args.records_per_user,
+                                     history_items=args.history_items)
+    data.write_records(records, args.out)
+    print(f"wrote {len(records)} records of {args.users} users to {args.out}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from alignx_jax import data
+
+    report = data.LoadReport()
+    try:
+        for _ in data.iter_records(args.file, schema=args.schema, on_error="skip", report=report):
+            pass
+    except (OSError, ValueError) as error:  # a missing file, or a line that is not JSON
+        print(f"error: {error}")
+        return 2
+    for error in report.errors:
+        print(error)
+    total = report.loaded + report.skipped
+    print(f"{total} records, {report.skipped} bad")
+    return 1 if report.skipped else 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from alignx_jax import data, preferences
+
+    report = data.LoadReport()
+    try:
+        records = list(data.iter_records(args.file, schema=args.schema, on_error="skip", report=report))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    print(f"records: {len(records)} (bad, skipped: {report.skipped})")
+    if not records:
+        return 1 if report.skipped else 0
+    directions = {tuple(r[preferences.DIRECTION]) for r in records if r.get(preferences.DIRECTION) is not None}
+    print(f"distinct preference directions: {len(directions)}")
+    for field in ("prompt", "chosen", "rejected"):
+        lengths = [len(r[field]) for r in records]
+        print(f"{field} characters: mean {statistics.fmean(lengths):.0f}, max {max(lengths)}")
+    for field in (preferences.UGC, preferences.PAIRS):
+        counts = [len(r.get(field) or ()) for r in records]
+        print(f"{field} items per record: mean {statistics.fmean(counts):.2f}, max {max(counts)}")
+    personas = collections.Counter(data.persona_key(r) for r in records)
+    print(f"personas: {len(personas)}")
+    dims, labels = preferences.dimensions(), collections.Counter()
+    for r in records:
+        if r.get(preferences.DIRECTION) is not None:
+            marked = preferences.binarize(r[preferences.DIRECTION])
+            labels.update(dims[i].positive if v == 1 else dims[i].negative for i, v in enumerate(marked) if v != 0.5)
+    if labels:
+        print("most frequent preference labels:")
+    for label, count in labels.most_common(10):
+        print(f"  {count:6d}  {label}")
+    return 0
+
