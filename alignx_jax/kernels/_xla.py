@@ -1,0 +1,95 @@
+"""Pure-JAX fused kernel: loops over (token block x vocab block) tiles, never [N, V] logits.
+
+The fallback on every backend and the reference the Pallas kernels are checked against. Both
+passes keep only one tile of logits alive; the forward carries an online log-sum-exp, the backward
+recomputes each tile from ``hidden``, ``w`` and the saved ``lse``.
+"""
+import jax
+import jax.numpy as jnp
+
+from alignx_jax.kernels import _tile
+
+
+def _slice_rows(x, start, size):
+    return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+
+
+def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: int):
+    """Label logit and log-sum-exp per token, float32 [N] each; 0 where ``valid`` is False."""
+    n, v = hidden.shape[0], w.shape[1]
+    bn, bv = min(block_tokens, n), min(block_vocab, v)
+
+    def token_block(i, outputs):
+        picked_out, lse_out = outputs
+        r0 = _tile.block_start(i, bn, n)
+        x = _slice_rows(hidden, r0, bn)
+        block_labels = _slice_rows(labels, r0, bn)
+
+        def vocab_block(j, carry):
+            c0 = _tile.block_start(j, bv, v)
+            logits = _tile.tile_logits(x, jax.lax.dynamic_slice_in_dim(w, c0, bv, axis=1))
+            hits = _tile.label_hits(block_labels, c0, bv)
+            return _tile.online_update(*carry, logits, hits, _tile.fresh(j, bv, v))
+
+        init = (jnp.full((bn,), -jnp.inf, jnp.float32), jnp.zeros((bn,), jnp.float32), jnp.zeros((bn,), jnp.float32))
+        init = _tile.match_vma(init, hidden, w, labels)
+        m, s, picked = jax.lax.fori_loop(0, _tile.cdiv(v, bv), vocab_block, init)
+        # A shifted last token block recomputes rows of the previous one exactly; overwriting is harmless.
+        picked_out = jax.lax.dynamic_update_slice_in_dim(picked_out, picked, r0, axis=0)
+        lse_out = jax.lax.dynamic_update_slice_in_dim(lse_out, m + jnp.log(s), r0, axis=0)
+        return picked_out, lse_out
+
+    zeros = _tile.match_vma(jnp.zeros((n,), jnp.float32), hidden, w, labels)
+    picked, lse = jax.lax.fori_loop(0, _tile.cdiv(n, bn), token_block, (zeros, zeros))
+    return jnp.where(valid, picked, 0.0), jnp.where(valid, lse, 0.0)
+
+
+def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_tokens: int, block_vocab: int):
+    """``(d hidden, d w)`` from the cotangents of the label logit and the lse (see ``_tile.tile_dlogits``).
+
+    Vocabulary blocks are the outer loop, so each ``dw`` block is complete after one sweep over the
+    tokens and is written once in ``w``'s dtype; ``dx`` [N, D] is accumulated in float32.
+    """
+    n, d = hidden.shape
+    v = w.shape[1]
+    bn, bv = min(block_tokens, n), min(block_vocab, v)
+
+    def vocab_block(j, carry):
+        dx, dw = carry
+        c0 = _tile.block_start(j, bv, v)
+        w_block = jax.lax.dynamic_slice_in_dim(w, c0, bv, axis=1)
+        fresh_cols = _tile.fresh(j, bv, v)
+
+        def token_block(i, inner):
+            dx, dw_block = inner
+            r0 = _tile.block_start(i, bn, n)
+            x = _slice_rows(hidden, r0, bn)
+            rows_ok = _tile.fresh(i, bn, n) & _slice_rows(valid, r0, bn)
+            logits = _tile.tile_logits(x, w_block)
+            hits = _tile.label_hits(_slice_rows(labels, r0, bn), c0, bv)
+            dlogits = _tile.tile_dlogits(
+                logits, hits, _slice_rows(lse, r0, bn), _slice_rows(g_label, r0, bn), _slice_rows(g_lse, r0, bn), rows_ok
+            )
+            # dw takes the stale columns too (the block is overwritten whole); dx must not count them twice.
+            dw_block = dw_block + jax.lax.dot_general(
+                x, dlogits.astype(x.dtype), (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+            )
+            dx_rows = jax.lax.dot_general(
+                jnp.where(fresh_cols[None, :], dlogits, 0.0).astype(w.dtype),
+                w_block,
+                (((1,), (1,)), ((), ())),
+                preferred_element_type=jnp.float32,
+            )
+            dx = jax.lax.dynamic_update_slice_in_dim(dx, _slice_rows(dx, r0, bn) + dx_rows, r0, axis=0)
+            return dx, dw_block
+
+        dw_block = _tile.match_vma(jnp.zeros((d, bv), jnp.float32), *operands)
+        dx, dw_block = jax.lax.fori_loop(0, _tile.cdiv(n, bn), token_block, (dx, dw_block))
+        dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_block.astype(dw.dtype), c0, axis=1)
+        return dx, dw
+
+    operands = (hidden, w, labels, valid, lse, g_label, g_lse)
+    init = _tile.match_vma((jnp.zeros((n, d), jnp.float32), jnp.zeros(w.shape, w.dtype)), *operands)
+    dx, dw = jax.lax.fori_loop(0, _tile.cdiv(v, bv), vocab_block, init)
+    return dx.astype(hidden.dtype), dw
+
