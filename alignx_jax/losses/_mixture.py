@@ -12,6 +12,14 @@ from alignx_jax.losses._registry import get, register
 _DATA_INPUTS = ("chosen_tokens", "rejected_tokens", "policy_chosen_avg", "policy_rejected_avg", "weights")
 
 
+def _accepted_keywords(fn, hparams) -> set[str]:
+    """The keyword names ``fn`` accepts; all of ``hparams`` when it takes ``**kwargs`` (a user's loss)."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return set(hparams)
+    return set(parameters)
+
+
 @register("mixture")
 def mixture(
     policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *,
@@ -37,7 +45,7 @@ def mixture(
             f"loss 'mixture': loss_weights has {len(loss_weights)} values for {len(loss_type)} losses {loss_type}"
         )
     components = [get(name) for name in loss_type]
-    accepted = [set(inspect.signature(fn).parameters) for fn in components]
+    accepted = [_accepted_keywords(fn, hparams) for fn in components]
     unused = sorted(key for key in hparams if key not in _DATA_INPUTS and not any(key in a for a in accepted))
     if unused:
         raise ValueError(f"loss 'mixture': hyper-parameters {unused} are accepted by none of {loss_type}")

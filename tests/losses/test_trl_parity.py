@@ -116,7 +116,7 @@ def trl_odds_ratio(policy_chosen_avg, policy_rejected_avg, *, beta):
     losses, _, _, mean_ratio, mean_log_odds = ORPOTrainer.odds_ratio_loss(trainer, *leaves)
     losses.sum().backward()
     grads = tuple(leaf.grad.numpy() for leaf in leaves)
-    return losses.detach().numpy(), grads, float(mean_ratio), float(mean_log_odds)
+    return losses.detach().numpy(), grads, float(mean_ratio.detach()), float(mean_log_odds.detach())
 
 
 
