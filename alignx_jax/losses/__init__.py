@@ -20,20 +20,27 @@ Call form of every loss (built-in or your own)::
   batch-level: their entries are not independent per example; reduce them by the mean only.
 
 Adding a loss: write one function with that call form, decorate it with ``@register("name")``, and
-add one test. A config may also name a loss by import path (``resolve("my_pkg.losses:my_loss")``).
+add one test; ``check_pair`` (input checks, reference-free fill) and ``loss_output`` (weights and the
+TRL metrics) are the two helpers every built-in uses. A config may also name a loss by import path
+(``resolve("my_pkg.losses:my_loss")``).
 """
-from alignx_jax.losses import _aot, _anchored, _dpo, _mixture, _nll, _reference_free  # noqa: F401  (registers)
+from alignx_jax.losses import _anchored, _aot, _dpo, _mixture, _nll, _reference_free  # noqa: F401  (registers)
 from alignx_jax.losses._divergence import F_DIVERGENCES, f_divergence_scores
+from alignx_jax.losses._inputs import Pair, check_pair
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import CALL_FORM, LossFn, check_call_form, descriptions, get, names, register, resolve
 
 __all__ = [
     "CALL_FORM",
     "F_DIVERGENCES",
     "LossFn",
+    "Pair",
     "check_call_form",
+    "check_pair",
     "descriptions",
     "f_divergence_scores",
     "get",
+    "loss_output",
     "names",
     "register",
     "resolve",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 
 from alignx_jax.losses._inputs import Pair, check_beta, check_pair
-from alignx_jax.losses._metrics import finish
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import register
 
 
@@ -34,7 +34,7 @@ def bco_pair(
                       chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     r_w, r_l = _rewards("bco_pair", pair, beta)
-    return finish(pair, -jax.nn.log_sigmoid(r_w) - jax.nn.log_sigmoid(-r_l), r_w, r_l)
+    return loss_output(pair, -jax.nn.log_sigmoid(r_w) - jax.nn.log_sigmoid(-r_l), r_w, r_l)
 
 
 @register("nca_pair")
@@ -53,7 +53,7 @@ def nca_pair(
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     r_w, r_l = _rewards("nca_pair", pair, beta)
     losses = -jax.nn.log_sigmoid(r_w) - 0.5 * jax.nn.log_sigmoid(-r_w) - 0.5 * jax.nn.log_sigmoid(-r_l)
-    return finish(pair, losses, r_w, r_l)
+    return loss_output(pair, losses, r_w, r_l)
 
 
 @register("sppo_hard")
@@ -74,7 +74,7 @@ def sppo_hard(
     r_w, r_l = _rewards("sppo_hard", pair, beta)
     # Written on the log-ratios (not r / beta^2) so that beta enters once, as the target 1/(2 beta).
     u_w, u_l = pair.policy_chosen - pair.ref_chosen, pair.policy_rejected - pair.ref_rejected
-    return finish(pair, (u_w - 0.5 / beta) ** 2 + (u_l + 0.5 / beta) ** 2, r_w, r_l)
+    return loss_output(pair, (u_w - 0.5 / beta) ** 2 + (u_l + 0.5 / beta) ** 2, r_w, r_l)
 
 
 @register("apo_zero")
@@ -92,7 +92,7 @@ def apo_zero(
                       chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     r_w, r_l = _rewards("apo_zero", pair, beta)
-    return finish(pair, jax.nn.sigmoid(-r_w) + jax.nn.sigmoid(r_l), r_w, r_l)  # 1 - sigma(x) = sigma(-x)
+    return loss_output(pair, jax.nn.sigmoid(-r_w) + jax.nn.sigmoid(r_l), r_w, r_l)  # 1 - sigma(x) = sigma(-x)
 
 
 @register("apo_down")
@@ -110,4 +110,4 @@ def apo_down(
                       chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     r_w, r_l = _rewards("apo_down", pair, beta)
-    return finish(pair, jax.nn.sigmoid(r_w) + jax.nn.sigmoid(-(r_w - r_l)), r_w, r_l)
+    return loss_output(pair, jax.nn.sigmoid(r_w) + jax.nn.sigmoid(-(r_w - r_l)), r_w, r_l)

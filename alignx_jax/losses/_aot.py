@@ -14,15 +14,16 @@ import jax.numpy as jnp
 
 from alignx_jax.losses._dpo import smoothed_logistic
 from alignx_jax.losses._inputs import Pair, check_beta, check_pair
-from alignx_jax.losses._metrics import finish
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import register
 
 
-def _finish_sorted(loss: str, pair: Pair, delta, beta, label_smoothing):
+def _sorted_output(loss: str, pair: Pair, delta, beta, label_smoothing):
     if pair.weights is not None:
         raise ValueError(f"loss {loss!r} sorts over the batch, so per-example weights would misalign; drop weights")
     losses = smoothed_logistic(beta * delta, label_smoothing)
-    return finish(pair, losses, beta * (pair.policy_chosen - pair.ref_chosen), beta * (pair.policy_rejected - pair.ref_rejected))
+    rewards = (beta * (pair.policy_chosen - pair.ref_chosen), beta * (pair.policy_rejected - pair.ref_rejected))
+    return loss_output(pair, losses, *rewards)
 
 
 @register("aot")
@@ -43,7 +44,7 @@ def aot(
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     check_beta("aot", beta)
     delta = jnp.sort(pair.policy_chosen - pair.policy_rejected) - jnp.sort(pair.ref_chosen - pair.ref_rejected)
-    return _finish_sorted("aot", pair, delta, beta, label_smoothing)
+    return _sorted_output("aot", pair, delta, beta, label_smoothing)
 
 
 @register("aot_pair")
@@ -65,7 +66,7 @@ def aot_pair(
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     check_beta("aot_pair", beta)
     delta = jnp.sort(pair.policy_chosen - pair.ref_chosen) - jnp.sort(pair.policy_rejected - pair.ref_rejected)
-    return _finish_sorted("aot_pair", pair, delta, beta, label_smoothing)
+    return _sorted_output("aot_pair", pair, delta, beta, label_smoothing)
 
 
 register("aot_unpaired", aot_pair, description="AOT (unpaired, batch-level): TRL 1.16's name for aot_pair.")

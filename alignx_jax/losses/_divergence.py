@@ -9,7 +9,7 @@ f'(t) of the reverse KL at t = pi/pi_ref (up to a constant). Other f-divergences
     \\text{alpha\\_divergence}: \\frac{e^{(\\alpha - 1) u} - 1}{\\alpha - 1}
 
 Transcribed from TRL 1.16 ``DPOTrainer._compute_loss`` (trl/trainer/dpo_trainer.py, lines 1353-1381),
-including its clamp of the alpha-divergence exponent at 80 (exp(80) is finite in float32). We clamp
+including its clamp of the alpha-divergence exponent at 80 (line 1375; exp(80) is finite in float32). We clamp
 forward_kl's exponent at the same bound so that the scores stay finite at |u| = 1e4, where TRL's
 ``1 - exp(-u)`` overflows; below the bound the two agree exactly.
 """
@@ -28,7 +28,9 @@ _MAX_EXPONENT = 80.0
 
 def check_f_divergence(loss: str, f_divergence_type: str) -> None:
     if f_divergence_type not in F_DIVERGENCES:
-        raise ValueError(f"loss {loss!r}: unknown f_divergence_type {f_divergence_type!r}; expected one of {F_DIVERGENCES}")
+        raise ValueError(
+            f"loss {loss!r}: unknown f_divergence_type {f_divergence_type!r}; expected one of {F_DIVERGENCES}"
+        )
 
 
 def f_divergence_scores(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from alignx_jax.losses._divergence import check_f_divergence, f_divergence_scores
 from alignx_jax.losses._inputs import Pair, check_beta, check_pair, token_counts
-from alignx_jax.losses._metrics import finish
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import register
 
 
@@ -59,7 +59,7 @@ def sigmoid(
     if isinstance(label_smoothing, (int, float)) and not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"loss 'sigmoid': label_smoothing must be in [0, 1], got {label_smoothing}")
     s_w, s_l, r_w, r_l = _scores("sigmoid", pair, beta, f_divergence_type, f_alpha_divergence_coef)
-    return finish(pair, smoothed_logistic(beta * (s_w - s_l), label_smoothing), r_w, r_l)
+    return loss_output(pair, smoothed_logistic(beta * (s_w - s_l), label_smoothing), r_w, r_l)
 
 
 @register("hinge")
@@ -78,7 +78,7 @@ def hinge(
                       rejected_tokens=rejected_tokens, policy_chosen_avg=policy_chosen_avg,
                       policy_rejected_avg=policy_rejected_avg, weights=weights)
     s_w, s_l, r_w, r_l = _scores("hinge", pair, beta, f_divergence_type, f_alpha_divergence_coef)
-    return finish(pair, jax.nn.relu(1.0 - beta * (s_w - s_l)), r_w, r_l)
+    return loss_output(pair, jax.nn.relu(1.0 - beta * (s_w - s_l)), r_w, r_l)
 
 
 @register("ipo")
@@ -100,7 +100,7 @@ def ipo(
                       policy_rejected_avg=policy_rejected_avg, weights=weights)
     s_w, s_l, r_w, r_l = _scores("ipo", pair, beta, f_divergence_type, f_alpha_divergence_coef)
     n_w, n_l = token_counts("ipo", pair)
-    return finish(pair, (s_w / n_w - s_l / n_l - 1.0 / (2.0 * beta)) ** 2, r_w, r_l)
+    return loss_output(pair, (s_w / n_w - s_l / n_l - 1.0 / (2.0 * beta)) ** 2, r_w, r_l)
 
 
 @register("robust")
@@ -126,7 +126,7 @@ def robust(
     logits = beta * (s_w - s_l)
     clean = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)
     flipped = -label_smoothing * jax.nn.log_sigmoid(-logits)
-    return finish(pair, (clean - flipped) / (1.0 - 2.0 * label_smoothing), r_w, r_l)
+    return loss_output(pair, (clean - flipped) / (1.0 - 2.0 * label_smoothing), r_w, r_l)
 
 
 @register("exo_pair")
@@ -148,13 +148,15 @@ def exo_pair(
                       chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     if isinstance(label_smoothing, (int, float)) and not 0.0 < label_smoothing < 1.0:
-        raise ValueError(f"loss 'exo_pair': label_smoothing must be in (0, 1) (log epsilon is a term), got {label_smoothing}")
+        raise ValueError(
+            f"loss 'exo_pair': label_smoothing must be in (0, 1) (log epsilon is a term), got {label_smoothing}"
+        )
     s_w, s_l, r_w, r_l = _scores("exo_pair", pair, beta, f_divergence_type, f_alpha_divergence_coef)
     logits = beta * (s_w - s_l)
     losses = jax.nn.sigmoid(logits) * (jax.nn.log_sigmoid(logits) - jnp.log1p(-label_smoothing)) + jax.nn.sigmoid(
         -logits
     ) * (jax.nn.log_sigmoid(-logits) - jnp.log(label_smoothing))
-    return finish(pair, losses, r_w, r_l)
+    return loss_output(pair, losses, r_w, r_l)
 
 
 @register("discopop")
@@ -180,8 +182,10 @@ def discopop(
     z = beta * (s_w - s_l)
     # 1 - m = sigma(-z/tau), and m * exp(-z) = exp(log sigma(z/tau) - z): for z -> -inf the naive
     # product is inf * 0 = nan, while this form is exp(-inf) = 0 for tau < 1.
-    losses = jax.nn.sigmoid(-z / discopop_tau) * -jax.nn.log_sigmoid(z) + jnp.exp(jax.nn.log_sigmoid(z / discopop_tau) - z)
-    return finish(pair, losses, r_w, r_l)
+    logistic = jax.nn.sigmoid(-z / discopop_tau) * -jax.nn.log_sigmoid(z)
+    exponential = jnp.exp(jax.nn.log_sigmoid(z / discopop_tau) - z)
+    losses = logistic + exponential
+    return loss_output(pair, losses, r_w, r_l)
 
 
 @register("sigmoid_norm")
@@ -202,4 +206,4 @@ def sigmoid_norm(
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     s_w, s_l, r_w, r_l = _scores("sigmoid_norm", pair, beta, f_divergence_type, f_alpha_divergence_coef)
     n_w, n_l = token_counts("sigmoid_norm", pair)
-    return finish(pair, -jax.nn.log_sigmoid(beta * (s_w / n_w - s_l / n_l)), r_w, r_l)
+    return loss_output(pair, -jax.nn.log_sigmoid(beta * (s_w / n_w - s_l / n_l)), r_w, r_l)

@@ -13,7 +13,7 @@ from alignx_jax.losses._inputs import Pair
 Metrics = dict[str, jax.Array]
 
 
-def finish(
+def loss_output(
     pair: Pair, losses: jax.Array, chosen_rewards: jax.Array, rejected_rewards: jax.Array, **extra: jax.Array
 ) -> tuple[jax.Array, Metrics]:
     """Applies the per-example weights and builds TRL's reward metrics plus loss-specific ``extra`` ones.

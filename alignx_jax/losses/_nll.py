@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from alignx_jax.losses._dpo import sigmoid
 from alignx_jax.losses._inputs import check_pair, chosen_nll
-from alignx_jax.losses._metrics import finish
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import register
 
 TOKEN_AVERAGES = ("batch", "example")
@@ -16,7 +16,7 @@ def sft(
     policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta=0.1, token_average="batch",
     chosen_tokens=None, rejected_tokens=None, policy_chosen_avg=None, policy_rejected_avg=None, weights=None,
 ):
-    r"""NLL of the chosen responses, an add-on term for mixtures (TRL's ``sft`` loss_type).
+    r"""NLL of the chosen responses, an add-on term for mixtures (TRL's sft loss_type).
 
     .. math::
         \text{batch}: L_i = -\frac{\sum_j \ell_{w,j}}{\sum_j |y_{w,j}|}\ \text{(same for every i)}
@@ -39,7 +39,7 @@ def sft(
         total = -jnp.sum(pair.policy_chosen) / jnp.maximum(jnp.sum(pair.chosen_tokens), 1)
         losses = jnp.broadcast_to(total, pair.policy_chosen.shape)
     rewards = (beta * (pair.policy_chosen - pair.ref_chosen), beta * (pair.policy_rejected - pair.ref_rejected))
-    return finish(pair, losses, *rewards, nll_loss=losses)
+    return loss_output(pair, losses, *rewards, nll_loss=losses)
 
 
 @register("rpo")
@@ -64,4 +64,5 @@ def rpo(
                       chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     nll = chosen_nll("rpo", pair)
-    return finish(pair, losses + rpo_alpha * nll, metrics["rewards/chosen"], metrics["rewards/rejected"], nll_loss=nll)
+    rewards = (metrics["rewards/chosen"], metrics["rewards/rejected"])
+    return loss_output(pair, losses + rpo_alpha * nll, *rewards, nll_loss=nll)

@@ -8,11 +8,10 @@ Formulas follow TRL 1.16 ``trl/experimental/cpo/cpo_trainer.py`` (``cpo_loss``, 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from alignx_jax.losses._dpo import smoothed_logistic
 from alignx_jax.losses._inputs import average_logps, check_beta, check_pair, chosen_nll
-from alignx_jax.losses._metrics import finish
+from alignx_jax.losses._metrics import loss_output
 from alignx_jax.losses._registry import register
 
 
@@ -38,7 +37,7 @@ def simpo(
     check_beta("simpo", beta)
     avg_w, avg_l = average_logps("simpo", pair)
     losses = smoothed_logistic(beta * (avg_w - avg_l) - simpo_gamma, label_smoothing)
-    return finish(pair, losses, beta * avg_w, beta * avg_l)
+    return loss_output(pair, losses, beta * avg_w, beta * avg_l)
 
 
 @register("cpo")
@@ -67,7 +66,7 @@ def cpo(
         nll = chosen_nll("cpo", pair)
         losses = losses + cpo_alpha * nll
         extra["nll_loss"] = nll
-    return finish(pair, losses, beta * pair.policy_chosen, beta * pair.policy_rejected, **extra)
+    return loss_output(pair, losses, beta * pair.policy_chosen, beta * pair.policy_rejected, **extra)
 
 
 def _log1mexp(x: jax.Array) -> jax.Array:
@@ -100,5 +99,5 @@ def orpo(
     log_odds = (avg_w - avg_l) - (_log1mexp(avg_w) - _log1mexp(avg_l))
     ratio = jax.nn.log_sigmoid(log_odds)
     nll = -avg_w
-    return finish(pair, nll - beta * ratio, beta * avg_w, beta * avg_l,
+    return loss_output(pair, nll - beta * ratio, beta * avg_w, beta * avg_l,
                   nll_loss=nll, log_odds_ratio=ratio, log_odds_chosen=log_odds)

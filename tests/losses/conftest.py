@@ -1,4 +1,5 @@
 """Shared inputs for the loss tests."""
+
 from __future__ import annotations
 
 import types
@@ -20,5 +21,6 @@ def pair_batch():
     ref_rejected = policy_rejected + rng.normal(0.0, 1.5, batch)
     return types.SimpleNamespace(
         logps=(policy_chosen, policy_rejected, ref_chosen, ref_rejected),
-        chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
+        chosen_tokens=chosen_tokens,
+        rejected_tokens=rejected_tokens,
     )

@@ -1,4 +1,5 @@
 """`alignx losses` lists every registered loss with its one-line description."""
+
 from alignx_jax import losses
 from alignx_jax.cli import main
 

@@ -1,5 +1,6 @@
 """Closed-form values for what TRL 1.16 lacks or computes differently (cDPO smoothing, RPO, per-example
 NLL, reference-free mode, AOT's sorted terms), written as numpy formulas; and the metric contract."""
+
 from __future__ import annotations
 
 import jax
@@ -52,8 +53,9 @@ def test_simpo_closed_form_and_token_counts_equal_averages(pair_batch):
     n_w, n_l = pair_batch.chosen_tokens, pair_batch.rejected_tokens
     beta, gamma = 2.5, 1.4
     by_counts, metrics = run("simpo", (pc, pr), beta=beta, simpo_gamma=gamma, chosen_tokens=n_w, rejected_tokens=n_l)
-    by_averages, _ = run("simpo", (pc, pr), beta=beta, simpo_gamma=gamma, policy_chosen_avg=pc / n_w,
-                         policy_rejected_avg=pr / n_l)
+    by_averages, _ = run(
+        "simpo", (pc, pr), beta=beta, simpo_gamma=gamma, policy_chosen_avg=pc / n_w, policy_rejected_avg=pr / n_l
+    )
     np.testing.assert_allclose(by_counts, neg_log_sigmoid(beta * (pc / n_w - pr / n_l) - gamma), rtol=1e-12)
     np.testing.assert_allclose(by_averages, by_counts, rtol=1e-12)
     np.testing.assert_allclose(metrics["rewards/chosen"], beta * pc / n_w, rtol=1e-12)
@@ -73,7 +75,9 @@ def test_orpo_closed_form(pair_batch):
 def test_cpo_adds_alpha_times_the_mean_token_nll(pair_batch):
     pc, pr, _, _ = pair_batch.logps
     n_w = pair_batch.chosen_tokens
-    values, _ = run("cpo", (pc, pr), beta=0.3, cpo_alpha=0.7, chosen_tokens=n_w, rejected_tokens=pair_batch.rejected_tokens)
+    values, _ = run(
+        "cpo", (pc, pr), beta=0.3, cpo_alpha=0.7, chosen_tokens=n_w, rejected_tokens=pair_batch.rejected_tokens
+    )
     np.testing.assert_allclose(values, neg_log_sigmoid(0.3 * (pc - pr)) + 0.7 * (-pc / n_w), rtol=1e-12)
 
 
@@ -84,8 +88,15 @@ def test_rpo_is_dpo_plus_alpha_nll_and_equals_the_mixture(pair_batch):
     values, metrics = run("rpo", pair_batch.logps, beta=0.3, rpo_alpha=0.5, **tokens)
     dpo = neg_log_sigmoid(0.3 * ((pc - rc) - (pr - rr)))
     np.testing.assert_allclose(values, dpo + 0.5 * (-pc / n_w), rtol=1e-12)
-    mixed, _ = run("mixture", pair_batch.logps, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], beta=0.3,
-                   token_average="example", **tokens)
+    mixed, _ = run(
+        "mixture",
+        pair_batch.logps,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, 0.5],
+        beta=0.3,
+        token_average="example",
+        **tokens,
+    )
     np.testing.assert_allclose(mixed, values, rtol=1e-12)
     np.testing.assert_allclose(metrics["nll_loss"], -pc / n_w, rtol=1e-12)
 
@@ -120,6 +131,7 @@ def test_aot_terms_are_sorted_quantile_pairs(pair_batch, name):
 def test_f_divergence_scores_closed_form():
     u = np.array([-3.0, -0.5, 0.0, 0.7, 2.0])
     with jax.enable_x64(True):
+
         def scores(kind, alpha=0.5):
             return np.asarray(losses.f_divergence_scores(jnp.asarray(u), kind, alpha))
 
@@ -147,7 +159,9 @@ def test_metrics_are_per_example_without_gradient(pair_batch):
     np.testing.assert_array_equal(metrics["logps/chosen"], pc)
     assert all(v.shape == values.shape for v in metrics.values())
     fn = losses.get("sigmoid")
-    grads = jax.grad(lambda x: sum(jnp.sum(v) for v in fn(x, *map(jnp.asarray, (pr, rc, rr)))[1].values()))(jnp.asarray(pc))
+    grads = jax.grad(lambda x: sum(jnp.sum(v) for v in fn(x, *map(jnp.asarray, (pr, rc, rr)))[1].values()))(
+        jnp.asarray(pc)
+    )
     np.testing.assert_array_equal(grads, 0.0)
 
 
@@ -155,3 +169,13 @@ def test_low_precision_inputs_are_computed_in_float32(pair_batch):
     logps = [jnp.asarray(x, jnp.bfloat16) for x in pair_batch.logps]
     values, metrics = losses.get("sigmoid")(*logps)
     assert values.dtype == jnp.float32 and metrics["rewards/chosen"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("module", ["_dpo", "_divergence"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"alignx_jax.losses.{module}")
+    result = doctest.testmod(mod, extraglobs={"jnp": jnp}, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

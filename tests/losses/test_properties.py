@@ -1,5 +1,6 @@
 """Properties every registered loss must have: jit == eager, correct gradients, finite at extreme
 inputs, vmap, and beta applied exactly once."""
+
 from __future__ import annotations
 
 import jax
@@ -104,8 +105,22 @@ def test_doubling_beta_doubles_the_rewards_exactly(pair_batch, name):
 
 # Losses of beta * (log-prob differences) only: (beta / 2, log-probs x 2) must give the same loss. A
 # beta applied twice would shrink it to beta^2 / 4 * 2 x, which changes the value.
-_BETA_TIMES_INPUT = ("sigmoid", "hinge", "robust", "exo_pair", "discopop", "sigmoid_norm", "bco_pair", "nca_pair",
-                     "apo_zero", "apo_down", "aot", "aot_pair", "aot_unpaired", "simpo")
+_BETA_TIMES_INPUT = (
+    "sigmoid",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "discopop",
+    "sigmoid_norm",
+    "bco_pair",
+    "nca_pair",
+    "apo_zero",
+    "apo_down",
+    "aot",
+    "aot_pair",
+    "aot_unpaired",
+    "simpo",
+)
 
 
 @pytest.mark.parametrize("name", _BETA_TIMES_INPUT)

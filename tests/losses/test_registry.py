@@ -1,4 +1,5 @@
 """Registry names, descriptions, user losses by import path, and the errors of bad input."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -9,8 +10,28 @@ from alignx_jax import losses
 from alignx_jax.losses import _registry
 
 # Every name the issue promises (TRL's loss_type names where TRL has the loss).
-PROMISED = ("sigmoid", "ipo", "hinge", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "aot", "aot_pair",
-            "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo", "cpo", "rpo", "sft", "mixture")
+PROMISED = (
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "bco_pair",
+    "exo_pair",
+    "nca_pair",
+    "sppo_hard",
+    "aot",
+    "aot_pair",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+    "simpo",
+    "orpo",
+    "cpo",
+    "rpo",
+    "sft",
+    "mixture",
+)
 
 
 def test_every_promised_name_is_registered_with_a_one_line_description():
@@ -47,8 +68,14 @@ def test_register_adds_a_loss_and_refuses_a_taken_name(fresh_registry):
 
     # A registered loss can join a mixture; batch inputs it does not name (token counts) are not passed to it.
     logps = [jnp.asarray(x) for x in ([-1.0, -2.0], [-3.0, -1.0], [-2.0, -1.0], [-1.0, -2.0])]
-    mixed, metrics = losses.get("mixture")(*logps, loss_type=["sigmoid", "margin_squared"], loss_weights=[1.0, 2.0],
-                                           beta=0.2, chosen_tokens=[1, 2], rejected_tokens=[1, 2])
+    mixed, metrics = losses.get("mixture")(
+        *logps,
+        loss_type=["sigmoid", "margin_squared"],
+        loss_weights=[1.0, 2.0],
+        beta=0.2,
+        chosen_tokens=[1, 2],
+        rejected_tokens=[1, 2],
+    )
     expected = losses.get("sigmoid")(*logps, beta=0.2)[0] + 2.0 * margin_squared(*logps, beta=0.2)[0]
     np.testing.assert_allclose(mixed, expected, rtol=1e-6)
     assert set(metrics) >= {"loss/sigmoid", "loss/margin_squared", "rewards/chosen"}
@@ -60,7 +87,7 @@ def test_resolve_by_name_checks_hparams():
         losses.resolve("ipo", {"gamma": 1.0})
 
 
-_USER_MODULE = '''
+_USER_MODULE = """
 import jax
 import jax.numpy as jnp
 
@@ -81,7 +108,7 @@ def crashes(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
     return policy_chosen @ jnp.ones((3, 3)), {}
 
 NOT_A_FUNCTION = 3
-'''
+"""
 
 
 @pytest.fixture
@@ -99,14 +126,17 @@ def test_resolve_a_user_loss_by_import_path(user_module):
     np.testing.assert_allclose(values, np.logaddexp(0, -z), rtol=1e-6)
 
 
-@pytest.mark.parametrize("attr,error,message", [
-    ("two_inputs", TypeError, r"does not accept the call form fn\(policy_chosen, policy_rejected, ref_chosen"),
-    ("scalar", TypeError, r"must return per-example losses of shape \[B\].* returned \(\)"),
-    ("no_metrics", TypeError, r"must return \(losses \[B\], metrics dict\)"),
-    ("crashes", ValueError, r"failed on a trial batch of 2 float32 log-probs"),
-    ("NOT_A_FUNCTION", TypeError, r"'NOT_A_FUNCTION' is a int, not a function"),
-    ("missing", ValueError, r"module 'my_user_losses' has no attribute 'missing'"),
-])
+@pytest.mark.parametrize(
+    "attr,error,message",
+    [
+        ("two_inputs", TypeError, r"does not accept the call form fn\(policy_chosen, policy_rejected, ref_chosen"),
+        ("scalar", TypeError, r"must return per-example losses of shape \[B\].* returned \(\)"),
+        ("no_metrics", TypeError, r"must return \(losses \[B\], metrics dict\)"),
+        ("crashes", ValueError, r"failed on a trial batch of 2 float32 log-probs"),
+        ("NOT_A_FUNCTION", TypeError, r"'NOT_A_FUNCTION' is a int, not a function"),
+        ("missing", ValueError, r"module 'my_user_losses' has no attribute 'missing'"),
+    ],
+)
 def test_resolve_reports_a_bad_user_loss_clearly(user_module, attr, error, message):
     with pytest.raises(error, match=message):
         losses.resolve(f"{user_module}:{attr}")
@@ -120,34 +150,83 @@ def test_resolve_reports_a_missing_module():
 _B = jnp.asarray([-1.0, -2.0, -3.0])
 
 
-@pytest.mark.parametrize("call,error,message", [
-    (lambda: losses.get("sigmoid")(_B[:, None], _B, _B, _B), ValueError,
-     r"loss 'sigmoid': policy_chosen must have shape \[B\].*got shape \(3, 1\)"),
-    (lambda: losses.get("hinge")(_B, _B[:2], _B, _B), ValueError,
-     r"loss 'hinge': policy_rejected has shape \(2,\), expected \(3,\)"),
-    (lambda: losses.get("sigmoid")(_B, _B, jnp.asarray([1, 2, 3]), _B), TypeError,
-     r"loss 'sigmoid': ref_chosen must be a floating array of log-probs, got dtype int32"),
-    (lambda: losses.get("sigmoid")(_B, _B, _B, None), ValueError, r"pass both ref_chosen and ref_rejected, or neither"),
-    (lambda: losses.get("ipo")(_B, _B, _B, _B), ValueError, r"loss 'ipo' is length-normalized: pass chosen_tokens"),
-    (lambda: losses.get("simpo")(_B, _B), ValueError, r"loss 'simpo' works on average log-probs: pass chosen_tokens"),
-    (lambda: losses.get("simpo")(_B, _B, chosen_tokens=[1, 2, 3], rejected_tokens=[1, 2, 3], policy_chosen_avg=_B,
-                                 policy_rejected_avg=_B), ValueError, r"pass either average log-probs .* not both"),
-    (lambda: losses.get("orpo")(_B, _B, policy_chosen_avg=_B), ValueError,
-     r"pass both policy_chosen_avg and policy_rejected_avg"),
-    (lambda: losses.get("sft")(_B, _B), ValueError, r"token_average='batch' needs chosen_tokens"),
-    (lambda: losses.get("sigmoid")(_B, _B, chosen_tokens=[1.0, 2.0]), ValueError,
-     r"chosen_tokens has shape \(2,\), expected \(3,\)"),
-    (lambda: losses.get("sigmoid")(_B, _B, f_divergence_type="kl"), ValueError, r"unknown f_divergence_type 'kl'"),
-    (lambda: losses.get("sigmoid")(_B, _B, beta=0.0), ValueError, r"loss 'sigmoid': beta must be > 0, got 0.0"),
-    (lambda: losses.get("robust")(_B, _B, label_smoothing=0.5), ValueError, r"label_smoothing must be in \[0, 0.5\)"),
-    (lambda: losses.get("exo_pair")(_B, _B, label_smoothing=0.0), ValueError, r"label_smoothing must be in \(0, 1\)"),
-    (lambda: losses.get("aot")(_B, _B, weights=_B), ValueError, r"sorts over the batch, so per-example weights"),
-    (lambda: losses.get("mixture")(_B, _B, loss_type=["sigmoid", "ipo"], loss_weights=[1.0]), ValueError,
-     r"loss_weights has 1 values for 2 losses"),
-    (lambda: losses.get("mixture")(_B, _B, loss_type=["sigmoid"], simpo_gamma=1.0), ValueError,
-     r"hyper-parameters \['simpo_gamma'\] are accepted by none of \['sigmoid'\]"),
-    (lambda: losses.get("hinge")(_B, _B, label_smoothing=0.1), TypeError, r"unexpected keyword argument 'label_smoothing'"),
-])
+@pytest.mark.parametrize(
+    "call,error,message",
+    [
+        (
+            lambda: losses.get("sigmoid")(_B[:, None], _B, _B, _B),
+            ValueError,
+            r"loss 'sigmoid': policy_chosen must have shape \[B\].*got shape \(3, 1\)",
+        ),
+        (
+            lambda: losses.get("hinge")(_B, _B[:2], _B, _B),
+            ValueError,
+            r"loss 'hinge': policy_rejected has shape \(2,\), expected \(3,\)",
+        ),
+        (
+            lambda: losses.get("sigmoid")(_B, _B, jnp.asarray([1, 2, 3]), _B),
+            TypeError,
+            r"loss 'sigmoid': ref_chosen must be a floating array of log-probs, got dtype int32",
+        ),
+        (
+            lambda: losses.get("sigmoid")(_B, _B, _B, None),
+            ValueError,
+            r"pass both ref_chosen and ref_rejected, or neither",
+        ),
+        (lambda: losses.get("ipo")(_B, _B, _B, _B), ValueError, r"loss 'ipo' is length-normalized: pass chosen_tokens"),
+        (
+            lambda: losses.get("simpo")(_B, _B),
+            ValueError,
+            r"loss 'simpo' works on average log-probs: pass chosen_tokens",
+        ),
+        (
+            lambda: losses.get("simpo")(
+                _B, _B, chosen_tokens=[1, 2, 3], rejected_tokens=[1, 2, 3], policy_chosen_avg=_B, policy_rejected_avg=_B
+            ),
+            ValueError,
+            r"pass either average log-probs .* not both",
+        ),
+        (
+            lambda: losses.get("orpo")(_B, _B, policy_chosen_avg=_B),
+            ValueError,
+            r"pass both policy_chosen_avg and policy_rejected_avg",
+        ),
+        (lambda: losses.get("sft")(_B, _B), ValueError, r"token_average='batch' needs chosen_tokens"),
+        (
+            lambda: losses.get("sigmoid")(_B, _B, chosen_tokens=[1.0, 2.0]),
+            ValueError,
+            r"chosen_tokens has shape \(2,\), expected \(3,\)",
+        ),
+        (lambda: losses.get("sigmoid")(_B, _B, f_divergence_type="kl"), ValueError, r"unknown f_divergence_type 'kl'"),
+        (lambda: losses.get("sigmoid")(_B, _B, beta=0.0), ValueError, r"loss 'sigmoid': beta must be > 0, got 0.0"),
+        (
+            lambda: losses.get("robust")(_B, _B, label_smoothing=0.5),
+            ValueError,
+            r"label_smoothing must be in \[0, 0.5\)",
+        ),
+        (
+            lambda: losses.get("exo_pair")(_B, _B, label_smoothing=0.0),
+            ValueError,
+            r"label_smoothing must be in \(0, 1\)",
+        ),
+        (lambda: losses.get("aot")(_B, _B, weights=_B), ValueError, r"sorts over the batch, so per-example weights"),
+        (
+            lambda: losses.get("mixture")(_B, _B, loss_type=["sigmoid", "ipo"], loss_weights=[1.0]),
+            ValueError,
+            r"loss_weights has 1 values for 2 losses",
+        ),
+        (
+            lambda: losses.get("mixture")(_B, _B, loss_type=["sigmoid"], simpo_gamma=1.0),
+            ValueError,
+            r"hyper-parameters \['simpo_gamma'\] are accepted by none of \['sigmoid'\]",
+        ),
+        (
+            lambda: losses.get("hinge")(_B, _B, label_smoothing=0.1),
+            TypeError,
+            r"unexpected keyword argument 'label_smoothing'",
+        ),
+    ],
+)
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -8,6 +8,7 @@ its ``completion_mask`` carries the token counts that ipo, sigmoid_norm and sft 
 Reference log-probs go in as TRL's precomputed ``ref_chosen_logps``/``ref_rejected_logps``.
 CPO/SimPO and ORPO come from TRL's experimental trainers' ``cpo_loss`` and ``odds_ratio_loss``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,15 +46,29 @@ class _StandInModel:
     def __call__(self, **kwargs):
         zeros = torch.zeros_like(self.log_probs)
         return types.SimpleNamespace(
-            log_probs=self.log_probs, entropy=zeros, mean_logits=zeros,
+            log_probs=self.log_probs,
+            entropy=zeros,
+            mean_logits=zeros,
             is_top1=torch.zeros_like(self.log_probs, dtype=torch.bool),
             log_sum_sq_probs=zeros,  # WPO weights then are exp(mean token log-prob)
         )
 
 
-def trl_dpo(loss_type, logps, chosen_tokens, rejected_tokens, *, dtype=torch.float64, loss_weights=None,
-            beta=0.1, label_smoothing=0.0, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
-            discopop_tau=0.05, use_weighting=False):
+def trl_dpo(
+    loss_type,
+    logps,
+    chosen_tokens,
+    rejected_tokens,
+    *,
+    dtype=torch.float64,
+    loss_weights=None,
+    beta=0.1,
+    label_smoothing=0.0,
+    f_divergence_type="reverse_kl",
+    f_alpha_divergence_coef=0.5,
+    discopop_tau=0.05,
+    use_weighting=False,
+):
     """TRL's batch loss and its gradients w.r.t. (policy_chosen, policy_rejected, ref_chosen, ref_rejected).
 
     ``logps`` is those four numpy vectors; ``loss_type`` a name or a list (with ``loss_weights``).
@@ -66,7 +81,10 @@ def trl_dpo(loss_type, logps, chosen_tokens, rejected_tokens, *, dtype=torch.flo
     completion_mask = torch.zeros(2 * batch, length, dtype=torch.long)
     for row, count in enumerate(counts):
         completion_mask[row, 1 : 1 + count] = 1
-    leaves = [torch.tensor(x, dtype=dtype, requires_grad=True) for x in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)]
+    leaves = [
+        torch.tensor(x, dtype=dtype, requires_grad=True)
+        for x in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    ]
     policy = torch.cat(leaves[:2])
     log_probs = torch.cat([policy[:, None], torch.zeros(2 * batch, length - 2, dtype=dtype)], dim=1)
     inputs = {
@@ -78,12 +96,22 @@ def trl_dpo(loss_type, logps, chosen_tokens, rejected_tokens, *, dtype=torch.flo
     }
     loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     trainer = types.SimpleNamespace(
-        model=_StandInModel(log_probs), accelerator=_CPU, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, beta=beta, label_smoothing=label_smoothing, loss_types=loss_types,
-        loss_weights=loss_weights or [1.0] * len(loss_types), f_divergence_type=f_divergence_type,
-        f_alpha_divergence_coef=f_alpha_divergence_coef, use_weighting=use_weighting,
+        model=_StandInModel(log_probs),
+        accelerator=_CPU,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        loss_types=loss_types,
+        loss_weights=loss_weights or [1.0] * len(loss_types),
+        f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
+        use_weighting=use_weighting,
         args=types.SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
-        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)), _total_train_tokens=0, _tp_size=1,
+        _metrics=collections.defaultdict(lambda: collections.defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # exo_pair builds torch.tensor(label_smoothing) in the default dtype
@@ -101,24 +129,34 @@ def trl_dpo(loss_type, logps, chosen_tokens, rejected_tokens, *, dtype=torch.flo
 def trl_cpo(loss_type, policy_chosen, policy_rejected, *, beta, label_smoothing=0.0, simpo_gamma=0.5):
     """TRL's per-example CPO/SimPO losses and their gradients w.r.t. the two policy inputs."""
     leaves = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (policy_chosen, policy_rejected)]
-    trainer = types.SimpleNamespace(alpha=0.0, loss_type=loss_type, beta=beta, label_smoothing=label_smoothing,
-                                    simpo_gamma=simpo_gamma, accelerator=_CPU)
+    trainer = types.SimpleNamespace(
+        alpha=0.0,
+        loss_type=loss_type,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        simpo_gamma=simpo_gamma,
+        accelerator=_CPU,
+    )
     losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(trainer, *leaves)
     losses.sum().backward()  # examples are independent: the gradient of the sum is per example
-    return losses.detach().numpy(), tuple(leaf.grad.numpy() for leaf in leaves), (chosen_rewards.numpy(), rejected_rewards.numpy())
+    return (
+        losses.detach().numpy(),
+        tuple(leaf.grad.numpy() for leaf in leaves),
+        (chosen_rewards.numpy(), rejected_rewards.numpy()),
+    )
 
 
 def trl_odds_ratio(policy_chosen_avg, policy_rejected_avg, *, beta):
     """TRL's per-example ORPO odds-ratio term beta * log sigmoid(log odds) (float32: TRL casts with
     ``.float()``), its gradients, and its logged means of log sigmoid(log odds) and log odds."""
-    leaves = [torch.tensor(np.asarray(x, np.float32), requires_grad=True) for x in (policy_chosen_avg, policy_rejected_avg)]
+    leaves = [
+        torch.tensor(np.asarray(x, np.float32), requires_grad=True) for x in (policy_chosen_avg, policy_rejected_avg)
+    ]
     trainer = types.SimpleNamespace(beta=beta, accelerator=_CPU)
     losses, _, _, mean_ratio, mean_log_odds = ORPOTrainer.odds_ratio_loss(trainer, *leaves)
     losses.sum().backward()
     grads = tuple(leaf.grad.numpy() for leaf in leaves)
     return losses.detach().numpy(), grads, float(mean_ratio.detach()), float(mean_log_odds.detach())
-
-
 
 
 def ours(name, logps, **kwargs):
@@ -137,14 +175,45 @@ def _example(logps, tokens, index):
 
 
 # Loss-specific TRL hyper-parameters; beta = 0.3 rather than TRL's default, so that a beta applied twice shows.
-_HPARAMS = {"robust": {"label_smoothing": 0.2}, "exo_pair": {"label_smoothing": 1e-3}, "discopop": {"discopop_tau": 0.05}}
-_PER_EXAMPLE = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-                "apo_zero", "apo_down", "discopop", "sigmoid_norm")
-_F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop")  # TRL lines 810-816
+_HPARAMS = {
+    "robust": {"label_smoothing": 0.2},
+    "exo_pair": {"label_smoothing": 1e-3},
+    "discopop": {"discopop_tau": 0.05},
+}
+_PER_EXAMPLE = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)
+_F_DIVERGENCE_LOSSES = (
+    "sigmoid",
+    "sigmoid_norm",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "robust",
+    "discopop",
+)  # TRL lines 810-816
 _CASES = [(name, "reverse_kl") for name in _PER_EXAMPLE] + [
     (name, f) for name in _F_DIVERGENCE_LOSSES for f in ("forward_kl", "js_divergence", "alpha_divergence")
 ]
-_TRL_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+_TRL_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @pytest.mark.parametrize("name,f_divergence_type", _CASES)
@@ -152,7 +221,7 @@ def test_per_example_loss_matches_trl(pair_batch, name, f_divergence_type):
     hparams = {"beta": 0.3, **_HPARAMS.get(name, {})}
     if f_divergence_type != "reverse_kl":
         hparams.update(f_divergence_type=f_divergence_type, f_alpha_divergence_coef=0.3)
-    # TRL's alpha-divergence clamp table has no float64 entry (dpo_trainer.py line 1373), so that
+    # TRL's alpha-divergence clamp table has no float64 entry (dpo_trainer.py line 1375), so that
     # transform runs in float32 on TRL's side: its values carry float32 rounding (eps 1.2e-7 on
     # O(1) quantities through exp), hence 1e-5 there and 1e-6 everywhere else.
     dtype, tol = (torch.float32, 1e-5) if f_divergence_type == "alpha_divergence" else (torch.float64, 1e-6)
@@ -161,7 +230,9 @@ def test_per_example_loss_matches_trl(pair_batch, name, f_divergence_type):
     values, grads, metrics = ours(name, pair_batch.logps, **hparams, **data)
 
     # Per-example values: TRL on each example alone (its loss is the batch mean).
-    trl_values = [trl_dpo(name, *_example(pair_batch.logps, tokens, i), dtype=dtype, **hparams)[0] for i in range(len(values))]
+    trl_values = [
+        trl_dpo(name, *_example(pair_batch.logps, tokens, i), dtype=dtype, **hparams)[0] for i in range(len(values))
+    ]
     np.testing.assert_allclose(values, trl_values, rtol=tol, atol=tol)
     trl_loss, trl_grads, trl_metrics = trl_dpo(name, pair_batch.logps, *tokens, dtype=dtype, **hparams)
     np.testing.assert_allclose(values.mean(), trl_loss, rtol=tol, atol=tol)
@@ -171,16 +242,21 @@ def test_per_example_loss_matches_trl(pair_batch, name, f_divergence_type):
         np.testing.assert_allclose(metrics[key].mean(), trl_metrics[key], rtol=tol, atol=tol, err_msg=key)
 
 
-@pytest.mark.parametrize("name,trl_name,hparams", [
-    ("aot", "aot", {"label_smoothing": 0.1}),
-    ("aot_pair", "aot_unpaired", {"label_smoothing": 0.1}),
-    ("aot_unpaired", "aot_unpaired", {}),
-    ("sft", "sft", {}),
-])
+@pytest.mark.parametrize(
+    "name,trl_name,hparams",
+    [
+        ("aot", "aot", {"label_smoothing": 0.1}),
+        ("aot_pair", "aot_unpaired", {"label_smoothing": 0.1}),
+        ("aot_unpaired", "aot_unpaired", {}),
+        ("sft", "sft", {}),
+    ],
+)
 def test_batch_level_loss_matches_trl(pair_batch, name, trl_name, hparams):
     """aot sorts over the batch and sft averages over all its tokens: compare the batch loss and gradients."""
     tokens = (pair_batch.chosen_tokens, pair_batch.rejected_tokens)
-    values, grads, _ = ours(name, pair_batch.logps, beta=0.3, chosen_tokens=tokens[0], rejected_tokens=tokens[1], **hparams)
+    values, grads, _ = ours(
+        name, pair_batch.logps, beta=0.3, chosen_tokens=tokens[0], rejected_tokens=tokens[1], **hparams
+    )
     trl_loss, trl_grads, _ = trl_dpo(trl_name, pair_batch.logps, *tokens, beta=0.3, **hparams)
     np.testing.assert_allclose(values.mean(), trl_loss, rtol=1e-6, atol=1e-6)
     for ours_grad, trl_grad in zip(grads, trl_grads):
@@ -191,8 +267,12 @@ def test_mixture_matches_trl_loss_weights(pair_batch):
     """MPO-style mixture: TRL's loss_type list with loss_weights is the mean of our weighted sum."""
     tokens = (pair_batch.chosen_tokens, pair_batch.rejected_tokens)
     mix = {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]}
-    values, grads, metrics = ours("mixture", pair_batch.logps, beta=0.3, chosen_tokens=tokens[0], rejected_tokens=tokens[1], **mix)
-    trl_loss, trl_grads, _ = trl_dpo(mix["loss_type"], pair_batch.logps, *tokens, beta=0.3, loss_weights=mix["loss_weights"])
+    values, grads, metrics = ours(
+        "mixture", pair_batch.logps, beta=0.3, chosen_tokens=tokens[0], rejected_tokens=tokens[1], **mix
+    )
+    trl_loss, trl_grads, _ = trl_dpo(
+        mix["loss_type"], pair_batch.logps, *tokens, beta=0.3, loss_weights=mix["loss_weights"]
+    )
     np.testing.assert_allclose(values.mean(), trl_loss, rtol=1e-6, atol=1e-6)
     for ours_grad, trl_grad in zip(grads, trl_grads):
         np.testing.assert_allclose(ours_grad, trl_grad, rtol=1e-6, atol=1e-6)
@@ -213,10 +293,13 @@ def test_example_weights_match_trl_wpo_weighting(pair_batch):
         np.testing.assert_allclose(ours_grad, trl_grad, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,trl_loss_type,hparams", [
-    ("simpo", "simpo", {"beta": 2.0, "simpo_gamma": 0.7, "label_smoothing": 0.1}),
-    ("cpo", "sigmoid", {"beta": 0.3, "label_smoothing": 0.1, "cpo_alpha": 0.0}),
-])
+@pytest.mark.parametrize(
+    "name,trl_loss_type,hparams",
+    [
+        ("simpo", "simpo", {"beta": 2.0, "simpo_gamma": 0.7, "label_smoothing": 0.1}),
+        ("cpo", "sigmoid", {"beta": 0.3, "label_smoothing": 0.1, "cpo_alpha": 0.0}),
+    ],
+)
 def test_cpo_family_matches_trl(pair_batch, name, trl_loss_type, hparams):
     """TRL's CPO trainer feeds average log-probs to simpo and summed ones to sigmoid (CPO)."""
     policy_chosen, policy_rejected = pair_batch.logps[:2]
@@ -233,8 +316,13 @@ def test_cpo_family_matches_trl(pair_batch, name, trl_loss_type, hparams):
 
         def loss_of(chosen, rejected):
             if name == "simpo":  # differentiate w.r.t. the averages, which is what TRL sees
-                return fn(jnp.asarray(policy_chosen), jnp.asarray(policy_rejected), policy_chosen_avg=chosen,
-                          policy_rejected_avg=rejected, **hparams)
+                return fn(
+                    jnp.asarray(policy_chosen),
+                    jnp.asarray(policy_rejected),
+                    policy_chosen_avg=chosen,
+                    policy_rejected_avg=rejected,
+                    **hparams,
+                )
             return fn(chosen, rejected, **hparams)
 
         values, metrics = loss_of(*inputs)
@@ -253,8 +341,9 @@ def test_cpo_nll_term_matches_trl_when_lengths_are_equal(pair_batch):
     n = 7
     trl_values, _, _ = trl_cpo("sigmoid", policy_chosen, policy_rejected, beta=0.3)
     trl_loss = trl_values.mean() + 0.5 * -(policy_chosen.sum() / (n * len(policy_chosen)))
-    values, _, metrics = ours("cpo", pair_batch.logps, beta=0.3, cpo_alpha=0.5, chosen_tokens=np.full(5, n),
-                              rejected_tokens=np.full(5, n))
+    values, _, metrics = ours(
+        "cpo", pair_batch.logps, beta=0.3, cpo_alpha=0.5, chosen_tokens=np.full(5, n), rejected_tokens=np.full(5, n)
+    )
     np.testing.assert_allclose(values.mean(), trl_loss, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(metrics["nll_loss"], -policy_chosen / n, rtol=1e-12)
 
