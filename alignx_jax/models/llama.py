@@ -197,7 +197,8 @@ def _param_init(*axes: str):
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
     """Rotary inverse frequencies theta^(-2i/H), with Llama-3 scaling when configured. [H/2] f32."""
     h = config.resolved_head_dim
-    inv = 1.0 / (config.rope_theta ** (np.arange(0, h, 2, dtype=np.float64) / h))
+    # float32 throughout, as transformers computes it, so long positions rotate identically.
+    inv = np.float32(1.0) / (np.float32(config.rope_theta) ** (np.arange(0, h, 2).astype(np.float32) / np.float32(h)))
     s = config.rope_scaling
     if s is not None:
         low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
