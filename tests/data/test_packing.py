@@ -196,3 +196,16 @@ class TestEncodePair:
         assert stats.responses_truncated == 1 and stats.pairs == 1
         with pytest.raises(ValueError, match="on_long_response must be one of"):
             self.encode(byte_tokenizer, self.history(1), max_length=64, on_long_response="cut")
+
+
+def test_batch_contract_shapes_and_dtypes(pairs):
+    # One pair per row: the longest row (19 tokens) picks the 32 bucket; the fourth slot is empty.
+    config = data.PackingConfig(rows=4, seq_lengths=(32, 64), max_pairs_per_row=1)
+    (batch,) = data.pack_stream(pairs, config)
+    int_fields = ("tokens", "positions", "segment_ids", "roles", "targets", "pair_ids")
+    for name in int_fields + ("chosen_mask", "rejected_mask"):
+        array = getattr(batch, name)
+        assert array.shape == (4, 32) and array.dtype == (np.int32 if name in int_fields else np.bool_), name
+    assert batch.pair_valid.tolist() == [True, True, True, False]
+    assert (batch.segment_ids[3] == 0).all()
+    assert batch.as_dict().keys() == {*int_fields, "chosen_mask", "rejected_mask", "pair_valid"}
