@@ -8,9 +8,6 @@ import jax
 
 from alignx_jax.losses._registry import get, register
 
-# Keyword inputs that describe the batch, passed to every component that names them.
-_DATA_INPUTS = ("chosen_tokens", "rejected_tokens", "policy_chosen_avg", "policy_rejected_avg", "weights")
-
 
 def _accepted_keywords(fn, hparams) -> set[str]:
     """The keyword names ``fn`` accepts; all of ``hparams`` when it takes ``**kwargs`` (a user's loss)."""
@@ -23,7 +20,9 @@ def _accepted_keywords(fn, hparams) -> set[str]:
 @register("mixture")
 def mixture(
     policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *,
-    loss_type: Sequence[str] = ("sigmoid",), loss_weights: Sequence[float] | None = None, **hparams,
+    loss_type: Sequence[str] = ("sigmoid",), loss_weights: Sequence[float] | None = None,
+    chosen_tokens=None, rejected_tokens=None, policy_chosen_avg=None, policy_rejected_avg=None, weights=None,
+    **hparams,
 ):
     r"""Weighted sum of losses by name, e.g. MPO = sigmoid + bco_pair + sft (TRL's loss_weights).
 
@@ -31,7 +30,8 @@ def mixture(
 
     so the batch mean equals TRL's ``sum_k w_k mean(L^(k))``. Each hyper-parameter (beta,
     label_smoothing, ...) goes to every component that accepts it, as TRL shares one config; one that
-    no component accepts is an error. Metrics: the first component's, then each component's extra
+    no component accepts is an error; the keyword inputs (token counts, averages, weights) go to every
+    component that names them. Metrics: the first component's, then each component's extra
     ones not already present, plus ``loss/<name>`` with every component's unweighted [B] losses.
     """
     loss_type = [loss_type] if isinstance(loss_type, str) else list(loss_type)
@@ -44,15 +44,22 @@ def mixture(
         raise ValueError(
             f"loss 'mixture': loss_weights has {len(loss_weights)} values for {len(loss_type)} losses {loss_type}"
         )
+    data = {"chosen_tokens": chosen_tokens, "rejected_tokens": rejected_tokens, "policy_chosen_avg": policy_chosen_avg,
+            "policy_rejected_avg": policy_rejected_avg, "weights": weights}
     components = [get(name) for name in loss_type]
-    accepted = [_accepted_keywords(fn, hparams) for fn in components]
-    unused = sorted(key for key in hparams if key not in _DATA_INPUTS and not any(key in a for a in accepted))
+    given = {**{key: value for key, value in data.items() if value is not None}, **hparams}
+    accepted = [_accepted_keywords(fn, given) for fn in components]
+    if weights is not None:
+        refusing = [name for name, names in zip(loss_type, accepted) if "weights" not in names]
+        if refusing:
+            raise ValueError(f"loss 'mixture': weights given, but {refusing} take no per-example weights")
+    unused = sorted(key for key in hparams if not any(key in a for a in accepted))
     if unused:
         raise ValueError(f"loss 'mixture': hyper-parameters {unused} are accepted by none of {loss_type}")
     total, metrics = 0.0, {}
     for name, fn, weight, names in zip(loss_type, components, loss_weights, accepted):
         losses, component_metrics = fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-                                       **{key: value for key, value in hparams.items() if key in names})
+                                       **{key: value for key, value in given.items() if key in names})
         total = total + weight * losses
         metrics = {**component_metrics, **metrics}
         metrics[f"loss/{name}"] = jax.lax.stop_gradient(losses)

@@ -83,6 +83,8 @@ def test_register_adds_a_loss_and_refuses_a_taken_name(fresh_registry):
 
 def test_resolve_by_name_checks_hparams():
     assert losses.resolve("ipo", {"beta": 0.5}) is losses.get("ipo")
+    # The trial call passes token counts, which length-normalized components of a mixture need.
+    assert losses.resolve("mixture", {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]})
     with pytest.raises(TypeError, match=r"loss 'ipo' does not accept the call form .* \['gamma'\]"):
         losses.resolve("ipo", {"gamma": 1.0})
 
@@ -230,3 +232,14 @@ _B = jnp.asarray([-1.0, -2.0, -3.0])
 def test_bad_input_gets_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_mixture_weights_every_component_or_refuses(fresh_registry):
+    losses.register("no_weights", lambda pc, pr, rc, rr: (pc - pr, {}), description="takes no weights")
+    logps = [jnp.asarray(x) for x in ([-1.0, -2.0], [-3.0, -1.0], [-2.0, -1.0], [-1.0, -2.0])]
+    weights = jnp.asarray([0.5, 2.0])
+    mixed, _ = losses.get("mixture")(*logps, loss_type=["sigmoid", "hinge"], weights=weights)
+    plain, _ = losses.get("mixture")(*logps, loss_type=["sigmoid", "hinge"])
+    np.testing.assert_allclose(mixed, plain * weights, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"weights given, but \['no_weights'\] take no per-example weights"):
+        losses.get("mixture")(*logps, loss_type=["sigmoid", "no_weights"], weights=weights)
