@@ -48,10 +48,19 @@ def block_start(index, block: int, size: int):
     return jnp.minimum(index * block, size - block)
 
 
-def fresh(index, block: int, size: int):
-    """bool [block]: True where the (possibly shifted) block ``index`` covers new elements."""
-    start = block_start(index, block, size)
-    return start + jax.lax.broadcasted_iota(jnp.int32, (block,), 0) >= index * block
+def _positions(start, block: int, axis: int):
+    shape = (block, 1) if axis == 0 else (1, block)
+    return start + jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+
+
+def fresh(index, block: int, size: int, axis: int):
+    """bool [block, 1] (axis 0) or [1, block] (axis 1): the shifted block ``index`` covers new elements."""
+    return _positions(block_start(index, block, size), block, axis) >= index * block
+
+
+def in_bounds(index, block: int, size: int, axis: int):
+    """Like ``fresh`` for plain (unshifted) blocks, whose last one may run past ``size``."""
+    return _positions(index * block, block, axis) < size
 
 
 def tile_logits(x, w_block):
@@ -60,31 +69,33 @@ def tile_logits(x, w_block):
 
 
 def label_hits(labels, col_start, block: int):
-    """bool [bn, bv]: column ``col_start + c`` is token ``t``'s label (an iota compare, no gather)."""
-    cols = col_start + jax.lax.broadcasted_iota(jnp.int32, (1, block), 1)
-    return cols == labels[:, None]
+    """bool [bn, bv]: column ``col_start + c`` is the label of row ``t`` (an iota compare, no gather).
+
+    ``labels`` is an int32 column [bn, 1].
+    """
+    return _positions(col_start, block, 1) == labels
 
 
-def online_update(m, s, picked, logits, hits, fresh_cols):
+def online_update(m, s, picked, logits, hits, cols_ok):
     """One step of the online log-sum-exp over vocabulary tiles, in float32.
 
-    ``m`` is the running row max, ``s`` the running ``sum(exp(logit - m))``, ``picked`` the label
-    logit found so far; stale columns take no part.
+    ``m`` [bn, 1] is the running row max, ``s`` the running ``sum(exp(logit - m))``, ``picked``
+    the label logit found so far; columns where ``cols_ok`` [1, bv] is False take no part.
     """
-    logits = jnp.where(fresh_cols[None, :], logits, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(logits, axis=1))
-    s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1)
-    picked = picked + jnp.sum(jnp.where(hits & fresh_cols[None, :], logits, 0.0), axis=1)
+    logits = jnp.where(cols_ok, logits, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=1, keepdims=True))
+    s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new), axis=1, keepdims=True)
+    picked = picked + jnp.sum(jnp.where(hits & cols_ok, logits, 0.0), axis=1, keepdims=True)
     return m_new, s, picked
 
 
 def tile_dlogits(logits, hits, lse, g_label, g_lse, rows_ok):
-    """d(loss)/d(logits) of a tile, float32 [bn, bv].
+    """d(loss)/d(logits) of a tile, float32 [bn, bv]; per-row inputs are columns [bn, 1].
 
     With ``label = logits[label]`` and ``lse = logsumexp(logits)`` per row,
-    ``dlogits = g_lse * softmax(logits) + g_label * onehot(label)``; rows that are masked or
-    stale get 0 (``where``, so an overflowing ``exp`` of a masked row never leaks a NaN).
+    ``dlogits = g_lse * softmax(logits) + g_label * onehot(label)``; rows where ``rows_ok`` is
+    False get 0 (``where``, so an overflowing ``exp`` of a masked row never leaks a NaN).
     """
-    probs = jnp.exp(logits - lse[:, None])
-    dlogits = g_lse[:, None] * probs + jnp.where(hits, g_label[:, None], 0.0)
-    return jnp.where(rows_ok[:, None], dlogits, 0.0)
+    probs = jnp.exp(logits - lse)
+    dlogits = g_lse * probs + jnp.where(hits, g_label, 0.0)
+    return jnp.where(rows_ok, dlogits, 0.0)

@@ -35,6 +35,8 @@ def _check_inputs(hidden, w, labels, valid):
     chex.assert_rank([hidden, w, labels], [2, 2, 1])
     if hidden.shape[1] != w.shape[0]:
         raise ValueError(f"token_logprobs: hidden {hidden.shape} and w {w.shape} disagree on D")
+    if 0 in hidden.shape or 0 in w.shape:
+        raise ValueError(f"token_logprobs: empty input, hidden {hidden.shape}, w {w.shape}")
     if labels.shape[0] != hidden.shape[0]:
         raise ValueError(f"token_logprobs: labels {labels.shape} do not match hidden's {hidden.shape[0]} tokens")
     if not jnp.issubdtype(hidden.dtype, jnp.floating) or not jnp.issubdtype(w.dtype, jnp.floating):
