@@ -110,3 +110,18 @@ def test_tfds_records_feed_the_pipeline(built, records, byte_tokenizer):
     from_list = batches_of(iter(data.packed_batches(records, tokenizer=byte_tokenizer, config=CONFIG, seed=3,
                                                     shard_index=0, shard_count=1)))
     assert_same_batches(from_tfds, from_list)
+
+
+def test_two_epochs_reshuffle_and_keep_hosts_disjoint(records, byte_tokenizer):
+    def prompts(shard_index):
+        dataset = data.packed_batches(records, tokenizer=byte_tokenizer, config=CONFIG, seed=7, num_epochs=2,
+                                      shard_index=shard_index, shard_count=2)
+        return [byte_tokenizer.decode(b.tokens[(b.pair_ids == p) & (b.roles == data.PROMPT)]).split("***Task***\n\n")[1]
+                .split("\n\n")[0] for b in dataset for p in range(int(b.pair_valid.sum()))]
+
+    host0, host1 = prompts(0), prompts(1)
+    half = len(records) // 2
+    assert len(host0) == len(host1) == 2 * half
+    for epoch in (slice(0, half), slice(half, None)):
+        assert sorted(host0[epoch] + host1[epoch]) == sorted(r["prompt"] for r in records)
+    assert host0[:half] != host0[half:]
