@@ -6,7 +6,8 @@ Every built-in loss takes the same keyword inputs, so a trainer can hand the sam
   length-normalized losses (ipo, sigmoid_norm, simpo, orpo and the NLL terms). Counts below 1 are
   taken as 1, as TRL clamps them.
 * ``policy_chosen_avg`` / ``policy_rejected_avg``: average per-token policy log-probs ``[B]``, an
-  alternative to token counts for the losses that work on averages (simpo, orpo, NLL terms).
+  alternative to token counts for the losses that work on averages (simpo, orpo, NLL terms); when
+  given, they take precedence over the sums divided by the counts.
 * ``weights``: per-example weights ``[B]`` that multiply the per-example losses (e.g. WPO weights).
 
 Shapes are static under ``jit``, so these checks run at trace time and cost nothing in the step.
@@ -110,14 +111,10 @@ def token_counts(loss: str, pair: Pair) -> tuple[jax.Array, jax.Array]:
 
 
 def average_logps(loss: str, pair: Pair) -> tuple[jax.Array, jax.Array]:
-    """Average per-token policy log-probs: given directly, or the sums divided by the token counts."""
+    """Average per-token policy log-probs: given directly (they take precedence, so a trainer may pass
+    counts too), or the sums divided by the token counts."""
     given = (pair.policy_chosen_avg is not None, pair.policy_rejected_avg is not None)
     if given == (True, True):
-        if pair.chosen_tokens is not None or pair.rejected_tokens is not None:
-            raise ValueError(
-                f"loss {loss!r}: pass either average log-probs (policy_chosen_avg, policy_rejected_avg) "
-                "or token counts (chosen_tokens, rejected_tokens), not both"
-            )
         return pair.policy_chosen_avg, pair.policy_rejected_avg
     if any(given):
         raise ValueError(f"loss {loss!r}: pass both policy_chosen_avg and policy_rejected_avg, or neither")

@@ -58,6 +58,18 @@ def test_simpo_closed_form_and_token_counts_equal_averages(pair_batch):
     )
     np.testing.assert_allclose(by_counts, neg_log_sigmoid(beta * (pc / n_w - pr / n_l) - gamma), rtol=1e-12)
     np.testing.assert_allclose(by_averages, by_counts, rtol=1e-12)
+    # Averages take precedence over sums / counts, so a trainer may pass both.
+    both, _ = run(
+        "simpo",
+        (pc, pr),
+        beta=beta,
+        simpo_gamma=gamma,
+        policy_chosen_avg=pc / n_w,
+        policy_rejected_avg=pr / n_l,
+        chosen_tokens=np.ones_like(n_w),
+        rejected_tokens=np.ones_like(n_l),
+    )
+    np.testing.assert_allclose(both, by_counts, rtol=1e-12)
     np.testing.assert_allclose(metrics["rewards/chosen"], beta * pc / n_w, rtol=1e-12)
 
 

@@ -182,13 +182,6 @@ _B = jnp.asarray([-1.0, -2.0, -3.0])
             r"loss 'simpo' works on average log-probs: pass chosen_tokens",
         ),
         (
-            lambda: losses.get("simpo")(
-                _B, _B, chosen_tokens=[1, 2, 3], rejected_tokens=[1, 2, 3], policy_chosen_avg=_B, policy_rejected_avg=_B
-            ),
-            ValueError,
-            r"pass either average log-probs .* not both",
-        ),
-        (
             lambda: losses.get("orpo")(_B, _B, policy_chosen_avg=_B),
             ValueError,
             r"pass both policy_chosen_avg and policy_rejected_avg",
