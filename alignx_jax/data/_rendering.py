@@ -78,7 +78,9 @@ def sample_history(record: Mapping[str, Any], rng: np.random.Generator) -> Histo
     num_pairs = min(int(rng.integers(0, MAX_SAMPLED_ITEMS + 1)), len(pairs))
     if not (num_ugc or num_pairs):
         num_ugc, num_pairs = min(MAX_SAMPLED_ITEMS, len(ugc)), min(MAX_SAMPLED_ITEMS, len(pairs))
-    pick = lambda items, n: tuple(items[i] for i in rng.choice(len(items), size=n, replace=False)) if n else ()  # noqa: E731
+    def pick(items, n):
+        return tuple(items[i] for i in rng.choice(len(items), size=n, replace=False)) if n else ()
+
     return History(ugc=pick(ugc, num_ugc), pairs=pick(pairs, num_pairs), demographics=record.get(prefs.DEMOGRAPHICS) or "")
 
 
