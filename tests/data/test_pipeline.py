@@ -125,3 +125,25 @@ def test_two_epochs_reshuffle_and_keep_hosts_disjoint(records, byte_tokenizer):
     for epoch in (slice(0, half), slice(half, None)):
         assert sorted(host0[epoch] + host1[epoch]) == sorted(r["prompt"] for r in records)
     assert host0[:half] != host0[half:]
+
+
+def test_prompt_formats_render_the_benchmark_layouts(shared_data_dir, byte_tokenizer):
+    record = data.load_records(shared_data_dir / "psoups_friendly_unfriendly.json")[0][0]
+    full = data.full_history(record)
+    cases = [
+        (data.PromptFormat(kind="pba", evaluation=True, history="full", profile="precomputed"),
+         data.pba_prompt(record["prompt"], record["profile"], evaluation=True)),
+        (data.PromptFormat(kind="ica", evaluation=True, history="full"), data.ica_eval_prompt(record["prompt"], full)),
+        (data.PromptFormat(kind="ica", evaluation=False, history="full"), data.ica_train_prompt(record["prompt"], full)),
+    ]
+    for prompt_format, expected in cases:
+        pair, stats = data.encode_record(record, 0, tokenizer=byte_tokenizer, prompt_format=prompt_format, seed=0,
+                                         max_length=8192)
+        assert byte_tokenizer.decode(pair.prompt) == data.chat_text(byte_tokenizer, expected)
+        assert byte_tokenizer.decode(pair.chosen) == record["chosen"] and pair.chosen[-1] == byte_tokenizer.eos_token_id
+        assert stats == data.PackingStats(pairs=1)
+    with pytest.raises(ValueError, match=r"history items \[0, 1, 2, 3\] carry no 'Preference Direction'"):
+        data.encode_record(record, 0, tokenizer=byte_tokenizer, prompt_format=data.PromptFormat(kind="pba", history="full"), seed=0,
+                           max_length=8192)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        data.PromptFormat(kind="rag")
