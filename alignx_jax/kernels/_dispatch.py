@@ -4,6 +4,8 @@ import functools
 
 import jax
 
+from alignx_jax.kernels import _pallas_gpu, _pallas_tpu, _xla
+
 IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
 
 # Tile sizes per implementation (tokens, vocabulary). The XLA loop wants big tiles so each step is
@@ -44,12 +46,7 @@ class KernelConfig:
 
 def implementation(config: KernelConfig):
     """``(forward_stats, backward_grads)`` of a resolved config, with its tiling bound."""
-    if config.impl == "xla":
-        from alignx_jax.kernels import _xla as module
-    elif config.impl == "pallas_gpu":
-        from alignx_jax.kernels import _pallas_gpu as module
-    else:
-        from alignx_jax.kernels import _pallas_tpu as module
+    module = {"xla": _xla, "pallas_gpu": _pallas_gpu, "pallas_tpu": _pallas_tpu}[config.impl]
     options = dict(block_tokens=config.block_tokens, block_vocab=config.block_vocab)
     if config.impl != "xla":
         options["interpret"] = config.interpret
