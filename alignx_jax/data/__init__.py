@@ -64,5 +64,5 @@ __all__ = [
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",
     "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
-    "persona_key", "write_records", "synthetic_records", *_TFDS_NAMES,
+    "persona_key", "write_records", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

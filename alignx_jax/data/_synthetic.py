@@ -166,7 +166,8 @@ def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, h
             post_seed = int(rng.integers(2**31))
             record = {"prompt": target["prompt"], "chosen": target["chosen"], "rejected": target["rejected"],
                       prefs.DIRECTION: direction.tolist(), prefs.DEMOGRAPHICS: "", prefs.UGC: None, prefs.PAIRS: pairs}
-            for user_direction, make in zip(users, (lambda r: r, _mirror)):
+            # An odd last user has no mirror: zip stops at the one user.
+            for user_direction, make in zip(users, (lambda r: r, _mirror), strict=False):
                 user_record = make(record)
                 ugc_rng = np.random.default_rng(post_seed)
                 user_record[prefs.UGC] = [_ugc(ugc_rng, user_direction) for _ in range(history_items)]

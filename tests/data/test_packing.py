@@ -53,7 +53,7 @@ def test_shared_prefix_logprobs_equal_two_row_layout(pairs):
 
 def test_scored_positions_read_the_next_token(pairs):
     for batch in (data.pack_rows([pairs[:2], pairs[2:]], seq_len=48), data.pack_two_rows(pairs, seq_len=16)):
-        b, t = batch.shape
+        t = batch.shape[1]
         for p, pair in enumerate(pairs):
             for mask, response in ((batch.chosen_mask, pair.chosen), (batch.rejected_mask, pair.rejected)):
                 rows, cols = np.nonzero(mask & (batch.pair_ids == p))
