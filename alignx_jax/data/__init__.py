@@ -16,6 +16,7 @@ from alignx_jax.data._packing import (
     pack_rows,
     pack_stream,
     pack_two_rows,
+    pair_sums,
 )
 from alignx_jax.data._pipeline import PackedBatchDataset, PromptFormat, encode_record, packed_batches
 from alignx_jax.data._rendering import (
@@ -59,7 +60,7 @@ def __getattr__(name):
 
 __all__ = [
     "CHOSEN", "DEFAULT_SEQ_LENGTHS", "PAD", "PROMPT", "REJECTED", "EncodedPair", "PackedBatch", "PackingConfig",
-    "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows",
+    "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows", "pair_sums",
     "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",

@@ -250,6 +250,22 @@ def attention_mask(segment_ids, roles, positions):
     return same_segment & causal & ((role_q == role_k) | shared_prefix)
 
 
+def pair_sums(token_values, mask, pair_ids, num_pair_slots: int):
+    """Per-pair sums [num_pair_slots] of `token_values` [B, T] where `mask` [B, T] is True.
+
+    E.g. the summed log-probs of each chosen response: pair_sums(logp, batch.chosen_mask,
+    batch.pair_ids, len(batch.pair_valid)). Works on numpy or jax arrays (inside jit too).
+    """
+    xp = _array_module(token_values)
+    ids = xp.where(mask, pair_ids, num_pair_slots).reshape(-1)  # masked-out tokens go to a dropped extra slot
+    values = xp.where(mask, token_values, 0).reshape(-1)
+    if xp is np:
+        return np.bincount(ids, weights=values, minlength=num_pair_slots + 1)[:num_pair_slots].astype(token_values.dtype)
+    import jax
+
+    return jax.ops.segment_sum(values, ids, num_segments=num_pair_slots + 1)[:num_pair_slots]
+
+
 def _array_module(x):
     if isinstance(x, np.ndarray):
         return np

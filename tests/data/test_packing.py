@@ -49,6 +49,12 @@ def test_shared_prefix_logprobs_equal_two_row_layout(pairs):
             want = plain_logp[getattr(plain, mask) & (plain.pair_ids == p)]
             assert got.shape == want.shape == (len(pairs[p].chosen if mask == "chosen_mask" else pairs[p].rejected),)
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    for mask in ("chosen_mask", "rejected_mask"):
+        packed_sums = jax.jit(data.pair_sums, static_argnums=3)(packed_logp, getattr(packed, mask), packed.pair_ids, 3)
+        plain_sums = data.pair_sums(plain_logp, getattr(plain, mask), plain.pair_ids, 3)
+        np.testing.assert_allclose(np.asarray(packed_sums), plain_sums, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(plain_sums, [plain_logp[getattr(plain, mask) & (plain.pair_ids == p)].sum() for p in range(3)],
+                                   rtol=1e-6)
 
 
 def test_scored_positions_read_the_next_token(pairs):
