@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `alignx --help` lists them.
-_COMMANDS = ("convert", "losses", "data")
+_COMMANDS = ("demo", "convert", "data", "losses")
 
 
 def build_parser() -> argparse.ArgumentParser:
