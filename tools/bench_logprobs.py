@@ -3,6 +3,7 @@
     python tools/bench_logprobs.py --quick                    # N=16384 D=2048 V=128256 fp32 fwd+bwd
     python tools/bench_logprobs.py                            # the full grid (needs a big machine)
     python tools/bench_logprobs.py --memory-only              # the full grid, compile only, no arrays
+    python tools/bench_logprobs.py --shape 2048 2048 16384 --dtype float32   # one shape
 
 Memory is XLA's own account of the compiled fwd+bwd program (``memory_analysis().temp_size_in_bytes``:
 scratch beyond the arguments and outputs), taken from ShapeDtypeStructs without allocating. Time is
@@ -68,6 +69,8 @@ def measure(n, d, v, dtype, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only N=16384 D=2048 V=128256 fp32")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("N", "D", "V"), help="one shape instead of the grid")
+    parser.add_argument("--dtype", choices=GRID["dtype"], help="one dtype instead of the grid")
     parser.add_argument("--memory-only", action="store_true", help="compile and report memory, run nothing")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -75,7 +78,11 @@ def main() -> None:
     parser.add_argument("--block-tokens", type=int, default=None)
     parser.add_argument("--block-vocab", type=int, default=None)
     args = parser.parse_args()
-    grid = QUICK if args.quick else GRID
+    grid = dict(QUICK if args.quick else GRID)
+    if args.shape:
+        grid.update(n=(args.shape[0],), d=(args.shape[1],), v=(args.shape[2],))
+    if args.dtype:
+        grid["dtype"] = (args.dtype,)
     print(f"backend={jax.default_backend()} impl={args.impl} warmup={args.warmup} repeats={args.repeats}")
     print("| N | D | V | dtype | naive temp MiB | fused temp MiB | memory ratio | naive s | fused s | time ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -18,8 +18,8 @@ def segment_sum(values: chex.Array, segment_ids: chex.Array, num_segments: int) 
     Returns:
       [num_segments], ``values``' dtype.
     """
-    chex.assert_rank([values, segment_ids], 1)
-    chex.assert_equal_shape([values, segment_ids])
+    if values.ndim != 1 or values.shape != segment_ids.shape:
+        raise ValueError(f"segment_sum: values {values.shape} and segment_ids {segment_ids.shape} must be equal 1-D shapes")
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
         raise TypeError(f"segment_sum: segment_ids must be integers, got {segment_ids.dtype}")
     if not isinstance(num_segments, int) or num_segments < 1:

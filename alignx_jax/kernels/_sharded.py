@@ -2,6 +2,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from alignx_jax.kernels import _token_logprobs
@@ -13,7 +14,8 @@ def sharded_token_logprobs(hidden, w, labels, valid=None, *, mesh, vocab_axis: s
     Each shard runs the fused kernel on its columns; the partial log-sum-exps are combined with
     one ``pmax`` and two ``psum`` of [N] floats, so neither logits nor ``w`` move between
     devices. ``token_axis`` optionally splits the tokens (e.g. the data axis). ``options`` go to
-    ``token_logprobs``. V must divide evenly over ``vocab_axis``.
+    ``token_logprobs``. V must divide evenly over ``vocab_axis``. The mesh axes must be of type
+    ``AxisType.Auto`` (with explicit axes, ``jax.sharding.reshard`` the inputs first).
     """
     if vocab_axis not in mesh.axis_names:
         raise ValueError(f"sharded_token_logprobs: vocab_axis {vocab_axis!r} is not an axis of the mesh {mesh.axis_names}")
@@ -32,5 +34,5 @@ def sharded_token_logprobs(hidden, w, labels, valid=None, *, mesh, vocab_axis: s
         return _token_logprobs.token_logprobs(hidden, w, labels, valid, vocab_axis=vocab_axis, **options)
 
     if valid is None:
-        valid = jax.numpy.ones(labels.shape, bool)
+        valid = jnp.ones(labels.shape, jnp.bool_)
     return per_shard(hidden, w, labels, valid)

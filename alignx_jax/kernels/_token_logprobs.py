@@ -32,7 +32,9 @@ _label_logit_and_lse.defvjp(_fwd, _bwd)
 
 
 def _check_inputs(hidden, w, labels, valid):
-    chex.assert_rank([hidden, w, labels], [2, 2, 1])
+    for name, x, rank in (("hidden", hidden, 2), ("w", w, 2), ("labels", labels, 1)):
+        if x.ndim != rank:
+            raise ValueError(f"token_logprobs: {name} must have rank {rank}, got shape {x.shape}")
     if hidden.shape[1] != w.shape[0]:
         raise ValueError(f"token_logprobs: hidden {hidden.shape} and w {w.shape} disagree on D")
     if 0 in hidden.shape or 0 in w.shape:
@@ -100,8 +102,22 @@ def token_logprobs(
     return _stats(hidden, w, labels, valid, config, vocab_axis, differentiable=True)
 
 
-def token_logprobs_no_grad(hidden, w, labels, valid=None, *, impl="auto", block_tokens=None, block_vocab=None,
-                           interpret=False, vocab_axis=None):
-    """Forward-only ``token_logprobs`` for a frozen (reference) model: no residuals, zero gradient."""
+def token_logprobs_no_grad(
+    hidden: chex.Array,
+    w: chex.Array,
+    labels: chex.Array,
+    valid: chex.Array | None = None,
+    *,
+    impl: str = "auto",
+    block_tokens: int | None = None,
+    block_vocab: int | None = None,
+    interpret: bool = False,
+    vocab_axis: str | None = None,
+) -> tuple[chex.Array, chex.Array]:
+    """Forward-only ``token_logprobs`` for a frozen (reference) model.
+
+    Same arguments and values; the inputs pass through ``stop_gradient`` and the tiles run without
+    the custom VJP, so nothing is saved for a backward pass and the gradient is zero.
+    """
     config = _dispatch.KernelConfig(impl, block_tokens, block_vocab, interpret)
     return _stats(hidden, w, labels, valid, config, vocab_axis, differentiable=False)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 
-def make_problem(n, d, v, *, dtype=jnp.float32, masked_fraction=0.25, seed=0):
+def _make_problem(n, d, v, *, dtype=jnp.float32, masked_fraction=0.25, seed=0):
     """Random hidden, w, labels, valid mask and cotangents for logp and lse."""
     rng = np.random.default_rng(seed)
     hidden = jnp.asarray(rng.normal(size=(n, d)), dtype)
@@ -18,7 +18,7 @@ def make_problem(n, d, v, *, dtype=jnp.float32, masked_fraction=0.25, seed=0):
     return dict(hidden=hidden, w=w, labels=labels, valid=valid, g_logp=g_logp, g_lse=g_lse)
 
 
-def value_and_grads(logprobs, problem):
+def _value_and_grads(logprobs, problem):
     """Jitted ``(logp, lse, d hidden, d w)`` of ``sum(g_logp * logp + g_lse * lse)``: both outputs' VJPs at once."""
 
     def loss(hidden, w):
@@ -32,5 +32,12 @@ def value_and_grads(logprobs, problem):
 
 
 @pytest.fixture
-def problem_factory():
-    return make_problem
+def make_problem():
+    """``make_problem(n, d, v, *, dtype, masked_fraction, seed)`` -> dict of inputs and cotangents."""
+    return _make_problem
+
+
+@pytest.fixture
+def value_and_grads():
+    """``value_and_grads(logprobs, problem)`` -> jitted (logp, lse, d hidden, d w)."""
+    return _value_and_grads

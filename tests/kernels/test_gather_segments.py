@@ -77,3 +77,15 @@ def test_packed_pipeline_equals_full_logits_sums():
     grads = jax.grad(lambda h, w: jnp.sum(g * per_response_sums(h, w)), argnums=(0, 1))(hidden, w)
     expected = jax.grad(lambda h, w: jnp.sum(g * reference(h, w)), argnums=(0, 1))(hidden, w)
     chex.assert_trees_all_close(grads, expected, atol=1e-5)
+
+
+def test_segment_sum_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"values \(3,\) and segment_ids \(4,\)"):
+        kernels.segment_sum(jnp.zeros(3), jnp.zeros(4, jnp.int32), 2)
+
+
+def test_gather_rejects_non_bool_mask_and_bad_length():
+    with pytest.raises(TypeError, match="mask must be bool"):
+        kernels.gather_scored_tokens(jnp.ones((2, 3), jnp.int32), 4)
+    with pytest.raises(ValueError, match="length=0"):
+        kernels.gather_scored_tokens(jnp.ones((2, 3), bool), 0)

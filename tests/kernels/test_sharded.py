@@ -7,7 +7,6 @@ import pytest
 from jax.sharding import AxisType
 
 from alignx_jax import kernels
-from tests.kernels.conftest import make_problem, value_and_grads
 
 
 def _mesh(data, tensor):
@@ -15,7 +14,7 @@ def _mesh(data, tensor):
 
 
 @pytest.mark.parametrize("data, tensor, token_axis", [(1, 4, None), (2, 2, "data")])
-def test_vocab_sharded_matches_naive(data, tensor, token_axis):
+def test_vocab_sharded_matches_naive(data, tensor, token_axis, make_problem, value_and_grads):
     problem = make_problem(36, 16, 96)
     sharded = functools.partial(
         kernels.sharded_token_logprobs,
@@ -30,13 +29,13 @@ def test_vocab_sharded_matches_naive(data, tensor, token_axis):
     chex.assert_trees_all_close(got, value_and_grads(kernels.naive_token_logprobs, problem), atol=1e-5, rtol=1e-5)
 
 
-def test_vocab_that_does_not_split_evenly_is_refused():
+def test_vocab_that_does_not_split_evenly_is_refused(make_problem):
     problem = make_problem(8, 8, 30)
     with pytest.raises(ValueError, match="V=30 does not split evenly over 4 'tensor' shards"):
         kernels.sharded_token_logprobs(problem["hidden"], problem["w"], problem["labels"], mesh=_mesh(1, 4), vocab_axis="tensor")
 
 
-def test_unknown_axis_is_refused():
+def test_unknown_axis_is_refused(make_problem):
     problem = make_problem(8, 8, 32)
     with pytest.raises(ValueError, match="vocab_axis 'model' is not an axis"):
         kernels.sharded_token_logprobs(problem["hidden"], problem["w"], problem["labels"], mesh=_mesh(1, 4), vocab_axis="model")
