@@ -15,8 +15,13 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from alignx_jax.kernels import _tile
+
+
+# Triton compiler parameters also select the Triton lowering (not Mosaic GPU) for pallas_call.
+_TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
 def _pow2_at_most(size: int, cap: int) -> int:
@@ -75,6 +80,7 @@ def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: i
         functools.partial(_forward_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
         out_shape=[column, column],
+        compiler_params=_TRITON,
         interpret=interpret,
     )(hidden, w, labels[:, None])
     return picked[:, 0], lse[:, 0]
@@ -87,16 +93,17 @@ def _tile_dlogits(x_chunks, w_ref, rows, c0, bv, bd, rows_ok):
     return _tile.tile_dlogits(logits, hits, lse, g_label, g_lse, rows_ok & (valid > 0))
 
 
-def _row_inputs(rows_ref, r0, bn):
-    block = rows_ref[pl.ds(r0, bn), :]
-    return block[:, 0:1].astype(jnp.int32), block[:, 1:2], block[:, 2:3], block[:, 3:4], block[:, 4:5]
+def _row_inputs(row_refs, r0, bn):
+    """(labels, valid, lse, g_label, g_lse) columns [bn, 1] of the rows from ``r0``."""
+    return tuple(ref[pl.ds(r0, bn), :] for ref in row_refs)
 
 
-def _dx_kernel(x_ref, w_ref, rows_ref, dx_ref, *, n, v, bn, bv, bd):
+def _dx_kernel(x_ref, w_ref, *refs, n, v, bn, bv, bd):
+    *row_refs, dx_ref = refs
     r0 = _tile.block_start(pl.program_id(0), bn, n)
     chunks = x_ref.shape[1] // bd
     x_chunks = [x_ref[pl.ds(r0, bn), pl.ds(k * bd, bd)] for k in range(chunks)]
-    rows = _row_inputs(rows_ref, r0, bn)
+    rows = _row_inputs(row_refs, r0, bn)
     all_rows = jnp.ones((bn, 1), jnp.bool_)
 
     def vocab_block(j, acc):
@@ -112,7 +119,8 @@ def _dx_kernel(x_ref, w_ref, rows_ref, dx_ref, *, n, v, bn, bv, bd):
         dx_ref[pl.ds(r0, bn), pl.ds(k * bd, bd)] = a.astype(dx_ref.dtype)
 
 
-def _dw_kernel(x_ref, w_ref, rows_ref, dw_ref, *, n, v, bn, bv, bd):
+def _dw_kernel(x_ref, w_ref, *refs, n, v, bn, bv, bd):
+    *row_refs, dw_ref = refs
     c0 = _tile.block_start(pl.program_id(0), bv, v)
     chunks = x_ref.shape[1] // bd
 
@@ -120,7 +128,7 @@ def _dw_kernel(x_ref, w_ref, rows_ref, dw_ref, *, n, v, bn, bv, bd):
         r0 = _tile.block_start(i, bn, n)
         x_chunks = [x_ref[pl.ds(r0, bn), pl.ds(k * bd, bd)] for k in range(chunks)]
         # Stale rows were counted by the previous token block.
-        dlogits = _tile_dlogits(x_chunks, w_ref, _row_inputs(rows_ref, r0, bn), c0, bv, bd, _tile.fresh(i, bn, n, axis=0))
+        dlogits = _tile_dlogits(x_chunks, w_ref, _row_inputs(row_refs, r0, bn), c0, bv, bd, _tile.fresh(i, bn, n, axis=0))
         dlogits = dlogits.astype(x_ref.dtype)
         return tuple(a + _dot_tn(x, dlogits) for a, x in zip(acc, x_chunks))
 
@@ -134,17 +142,20 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
                    interpret: bool = False):
     """``(d hidden, d w)``: one kernel per gradient, each recomputing its tiles (see ``_tile.tile_dlogits``)."""
     sizes = _sizes(hidden, w, block_tokens, block_vocab)
-    rows = jnp.stack([labels.astype(jnp.float32), valid.astype(jnp.float32), lse, g_label, g_lse], axis=1)
+    # Separate [N, 1] columns: Triton tensors must have power-of-two shapes, so no [N, 5] table.
+    rows = (labels[:, None], valid.astype(jnp.int32)[:, None], lse[:, None], g_label[:, None], g_lse[:, None])
     dx = pl.pallas_call(
         functools.partial(_dx_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
         out_shape=jax.ShapeDtypeStruct(hidden.shape, hidden.dtype),
+        compiler_params=_TRITON,
         interpret=interpret,
-    )(hidden, w, rows)
+    )(hidden, w, *rows)
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, **sizes),
         grid=(_tile.cdiv(sizes["v"], sizes["bv"]),),
         out_shape=jax.ShapeDtypeStruct(w.shape, w.dtype),
+        compiler_params=_TRITON,
         interpret=interpret,
-    )(hidden, w, rows)
+    )(hidden, w, *rows)
     return dx, dw

@@ -151,3 +151,21 @@ def test_auto_picks_the_xla_loop_on_cpu_and_pallas_elsewhere(monkeypatch):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         resolved = kernels.KernelConfig(block_vocab=256).resolved()
         assert (resolved.impl, resolved.block_vocab) == (impl, 256)
+
+
+@pytest.mark.parametrize("impl, platform", [("pallas_tpu", "tpu"), ("pallas_gpu", "cuda")])
+def test_pallas_kernels_lower_for_their_hardware(impl, platform):
+    """Cross-lowering on CPU applies Mosaic's and Triton's shape rules (Triton: power-of-two tensors)
+    at awkward real sizes; it cannot run the kernels, which stay untested on hardware here."""
+    n, d, v = 1000, 576, 50000
+
+    def loss(hidden, w, labels):
+        return jnp.sum(kernels.token_logprobs(hidden, w, labels, impl=impl)[0])
+
+    shapes = (
+        jax.ShapeDtypeStruct((n, d), jnp.bfloat16),
+        jax.ShapeDtypeStruct((d, v), jnp.bfloat16),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+    )
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(*shapes).lower(lowering_platforms=(platform,))
+    assert ("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") in lowered.as_text()
