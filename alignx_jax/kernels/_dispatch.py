@@ -9,7 +9,8 @@ from alignx_jax.kernels import _pallas_gpu, _pallas_tpu, _xla
 IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
 
 # Tile sizes per implementation (tokens, vocabulary). The XLA loop wants big tiles so each step is
-# one efficient matmul (CPU: 1024 x 1024 fp32 logits = 4 MiB; 40 MiB temporaries at the 16k x 2048 x 128k benchmark); Pallas tiles must fit on chip.
+# one efficient matmul (CPU: 1024 x 1024 fp32 logits = 4 MiB, 40 MiB of temporaries at the
+# 16k x 2048 x 128k benchmark); Pallas tiles must fit on chip (untuned: no TPU/GPU here).
 _DEFAULT_BLOCKS = {"xla": (1024, 1024), "pallas_gpu": (64, 128), "pallas_tpu": (256, 512)}
 
 
