@@ -83,8 +83,9 @@ def config_from_gguf(reader, source: str) -> llama.LlamaConfig:
         num_kv_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
         head_dim=int(_field(reader, "llama.rope.dimension_count", hidden // heads)),
         rope_theta=float(_field(reader, "llama.rope.freq_base", 10_000.0)),
-        # GGUF stores eps as float32; round to the value the original config.json held.
-        rms_norm_eps=float(np.format_float_positional(np.float32(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)), precision=6, unique=False)),
+        # GGUF stores eps as float32 (1e-5 -> 9.99999975e-06); 6 significant digits give back the
+        # value the original config.json held.
+        rms_norm_eps=float(f"{np.float32(_field(reader, 'llama.attention.layer_norm_rms_epsilon', 1e-5)):.6g}"),
         tie_word_embeddings="output.weight" not in names,
         max_position_embeddings=int(_field(reader, "llama.context_length", 8192)),
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),

@@ -147,17 +147,20 @@ def save_hf(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, 
     # temporary name until the number of shards is known.
     written: list[tuple[pathlib.Path, list[str], int]] = []
     shard: dict[str, np.ndarray] = {}
+    shard_bytes = 0
 
     def flush():
         path = folder / f"model-part{len(written):05d}.tmp.safetensors"
         safetensors.numpy.save_file(shard, path, metadata=metadata)
-        written.append((path, list(shard), sum(v.nbytes for v in shard.values())))
+        written.append((path, list(shard), shard_bytes))
         shard.clear()
 
     for key, value in hf_tensors(params, config, dtype):
-        if shard and sum(v.nbytes for v in shard.values()) + value.nbytes > max_shard_bytes:
+        if shard and shard_bytes + value.nbytes > max_shard_bytes:
             flush()
+            shard_bytes = 0
         shard[key] = value
+        shard_bytes += value.nbytes
     flush()
     if len(written) == 1:
         written[0][0].rename(folder / SINGLE_FILE)

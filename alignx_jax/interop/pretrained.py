@@ -55,7 +55,7 @@ class Pretrained:
         """Answer each conversation (a list of {'role', 'content'}) through the model's chat template."""
         tok = self.tokenizer
         prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m in messages_batch]
-        prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
+        prompts = [list(p["input_ids"]) if hasattr(p, "keys") else list(p) for p in prompts]
         return [tok.decode(ids, skip_special_tokens=True) for ids in self.generate(prompts, sampling, seed)]
 
     def save_hf(self, folder: str | os.PathLike, *, dtype: str = "float32", **kwargs) -> pathlib.Path:

@@ -54,14 +54,17 @@ def test_transformers_5_rope_parameters_and_4x_rope_scaling_read_alike(hf_model_
     kind, _, folder = hf_model_dir
     hf = json.loads((folder / "config.json").read_text())
     _, config = load_hf(folder)
-    if "rope_parameters" in hf:  # rewrite in the transformers 4.x layout
+    if "rope_parameters" in hf:  # 5.x layout -> 4.x layout
         rope = hf.pop("rope_parameters")
         hf["rope_theta"] = rope.pop("rope_theta")
         if rope.get("rope_type", "default") != "default":
             hf["rope_scaling"] = rope
+    else:  # 4.x layout -> 5.x layout
+        hf["rope_parameters"] = {"rope_theta": hf.pop("rope_theta"), **(hf.pop("rope_scaling", None) or {"rope_type": "default"})}
     (folder / "config.json").write_text(json.dumps(hf))
-    _, legacy = load_hf(folder)
-    assert legacy == config
+    _, rewritten = load_hf(folder)
+    assert rewritten == config
+    assert (config.rope_scaling is not None) == (kind == "llama")
 
 
 def test_native_folder_round_trip_and_from_pretrained(hf_model_dir, tmp_path):
