@@ -8,7 +8,10 @@ Public API:
   gather_scored_tokens(mask, length), bucket_length(count, buckets), ScoredTokens
   segment_sum(values, segment_ids, num_segments)   per-response sums
   KernelConfig, IMPLS
+  attention(q, k, v, *, segment_ids, roles, positions, impl=...)   packed-rows attention, mask as structure
+  packed_mask(segment_ids, roles, positions)   the same rule as a dense [B, T, T] mask (reference)
 """
+from alignx_jax.kernels._attention import ATTENTION_IMPLS, attention, packed_mask
 from alignx_jax.kernels._dispatch import IMPLS, KernelConfig
 from alignx_jax.kernels._gather import ScoredTokens, bucket_length, gather_scored_tokens
 from alignx_jax.kernels._reference import naive_token_logprobs
@@ -17,6 +20,9 @@ from alignx_jax.kernels._sharded import sharded_token_logprobs
 from alignx_jax.kernels._token_logprobs import token_logprobs, token_logprobs_no_grad
 
 __all__ = [
+    "ATTENTION_IMPLS",
+    "attention",
+    "packed_mask",
     "IMPLS",
     "KernelConfig",
     "ScoredTokens",

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignx_jax import kernels
+
 Architecture = Literal["llama", "qwen2", "mistral"]
 
 
@@ -55,6 +57,7 @@ class LlamaConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations and matmuls
     remat: bool = False  # recompute each layer's activations in the backward pass
+    attention_impl: str = "auto"  # kernels.attention's impl for packed / causal rows
 
     def __post_init__(self):
         problems = []
@@ -240,16 +243,18 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE and an explicit boolean mask [B, T, S] (True = attend).
+    """Grouped-query attention with RoPE.
 
-    With a KV cache ({'k','v'}: [B, S, K, H]) the new keys/values are written at `cache_index`
-    and the queries attend over the whole cache, as the mask allows.
+    The mask is either structure, `packed = (segment_ids, roles)` [B, T] each (kernels.attention:
+    never a dense [B, T, T] array), or an explicit boolean `mask` [B, T, S] (True = attend). With a
+    KV cache ({'k','v'}: [B, S, K, H]) the new keys/values are written at `cache_index` and the
+    queries attend over the whole cache, as the mask allows.
     """
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache=None, cache_index=None):
+    def __call__(self, x, positions, mask, packed=None, cache=None, cache_index=None):
         c = self.config
         n, k, h = c.num_heads, c.num_kv_heads, c.resolved_head_dim
         dense = functools.partial(nn.DenseGeneral, dtype=c.dtype, param_dtype=c.param_dtype)
@@ -267,7 +272,11 @@ class Attention(nn.Module):
             key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start)
             value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start)
             new_cache = {"k": key, "v": value}
-        out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), mask=mask[:, None])
+        if packed is not None:
+            out = kernels.attention(q, key, value, segment_ids=packed[0], roles=packed[1], positions=positions,
+                                    impl=c.attention_impl)
+        else:
+            out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), mask=mask[:, None])
         out = dense(c.hidden_size, axis=(-2, -1), use_bias=False,
                     kernel_init=_param_init("heads", "head_dim", "embed"), name="o_proj")(out)
         return out, new_cache
@@ -292,10 +301,11 @@ class DecoderLayer(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache, cache_index):
+    def __call__(self, x, positions, mask, packed, cache, cache_index):
         c = self.config
         norm = functools.partial(RMSNorm, c.rms_norm_eps, c.dtype, c.param_dtype)
-        attn, new_cache = Attention(c, name="attn")(norm(name="attn_norm")(x), positions, mask, cache, cache_index)
+        attn, new_cache = Attention(c, name="attn")(norm(name="attn_norm")(x), positions, mask, packed, cache,
+                                                    cache_index)
         x = x + attn
         x = x + MLP(c, name="mlp")(norm(name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -309,15 +319,18 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, attention_mask=None, cache=None, cache_index=None,
-                 return_hidden=False):
+                 return_hidden=False, segment_ids=None, roles=None):
         c = self.config
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        packed = None
         if attention_mask is None:
             if cache is not None:
                 raise ValueError("decoding with a KV cache needs an explicit attention_mask [B, T, S]")
-            attention_mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), dtype=bool)), (b, t, t))
+            if segment_ids is None:  # plain causal rows: one segment, every token in the prefix role
+                segment_ids = roles = jnp.ones((b, t), jnp.int32)
+            packed = (segment_ids, roles)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_param_init("vocab", "embed"), name="embed")
         x = embed(tokens)
@@ -326,9 +339,9 @@ class Llama(nn.Module):
         if c.remat:
             layer = nn.remat(layer, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
         layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
+                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})
-        x, new_cache = layers(c, name="layers")(x, positions, attention_mask, cache, cache_index)
+        x, new_cache = layers(c, name="layers")(x, positions, attention_mask, packed, cache, cache_index)
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
         if return_hidden:
             return x, new_cache
@@ -364,16 +377,24 @@ def num_params(config: LlamaConfig) -> int:
 
 
 def forward(params: dict, tokens: jax.Array, config: LlamaConfig, *, positions: jax.Array | None = None,
-            attention_mask: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
+            attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
+            roles: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
     """Logits [B, T, V] (or final-normed hidden states [B, T, D]) of int32 tokens [B, T].
 
-    positions: int32 [B, T] (default 0..T-1); attention_mask: bool [B, T, T] (query, key), True =
-    may attend (default causal). A query row that attends nothing yields finite garbage (padding).
+    positions: int32 [B, T] (default 0..T-1). The mask, one of: `segment_ids` and `roles` int32
+    [B, T] (packed rows, the structured rule of `kernels.attention`; `data.PackedBatch` carries
+    both); `attention_mask` bool [B, T, T] (query, key), True = may attend; neither: causal. A
+    query row that attends nothing yields finite garbage (padding).
     """
     chex.assert_rank(tokens, 2)
     if attention_mask is not None:
         chex.assert_shape(attention_mask, (tokens.shape[0], tokens.shape[1], tokens.shape[1]))
-    out, _ = Llama(config).apply({"params": params}, tokens, positions, attention_mask, return_hidden=return_hidden)
+        if segment_ids is not None:
+            raise ValueError("forward: give either attention_mask or segment_ids/roles, not both")
+    if (segment_ids is None) != (roles is None):
+        raise ValueError("forward: segment_ids and roles go together")
+    out, _ = Llama(config).apply({"params": params}, tokens, positions, attention_mask, return_hidden=return_hidden,
+                                 segment_ids=segment_ids, roles=roles)
     return out
 
 
