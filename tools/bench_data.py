@@ -53,7 +53,7 @@ def bench_step(batch, repeats: int):
         return jnp.sum(logp * (b["chosen_mask"] | b["rejected_mask"]))
 
     step = jax.jit(jax.value_and_grad(summed_response_logprobs))
-    arrays = {k: jnp.asarray(v) for k, v in batch.as_dict().items() if k != "pair_valid"}
+    arrays = {k: jnp.asarray(v) for k, v in batch.as_dict().items() if k not in ("pair_valid", "pair_source")}
     start = time.perf_counter()
     jax.block_until_ready(step(params, arrays))
     compile_s = time.perf_counter() - start

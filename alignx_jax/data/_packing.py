@@ -37,11 +37,13 @@ DEFAULT_SEQ_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 
 @dataclasses.dataclass(frozen=True)
 class EncodedPair:
-    """Token ids of one pair: `prompt` starts with BOS, each response ends with EOS unless truncated."""
+    """Token ids of one pair: `prompt` starts with BOS, each response ends with EOS unless truncated.
+    `source` is the record's index in its source (-1 when unknown)."""
 
     prompt: np.ndarray
     chosen: np.ndarray
     rejected: np.ndarray
+    source: int = -1
 
     @property
     def packed_length(self) -> int:
@@ -88,6 +90,7 @@ def encode_pair(
     min_prompt_tokens: int = 16,
     on_long_response: str = "drop",
     stats: PackingStats | None = None,
+    source: int = -1,
 ) -> EncodedPair | None:
     """Tokenize one pair so that it fits a shared-prefix row of `max_length` tokens.
 
@@ -126,12 +129,12 @@ def encode_pair(
         stats.prompt_tokens_cut += cut
     stats.pairs += 1
     as_array = lambda ids: np.asarray(ids, dtype=np.int32)  # noqa: E731
-    return EncodedPair(as_array(prompt_ids), as_array(chosen_ids), as_array(rejected_ids))
+    return EncodedPair(as_array(prompt_ids), as_array(chosen_ids), as_array(rejected_ids), source)
 
 
 @dataclasses.dataclass(frozen=True)
 class PackedBatch:
-    """A static-shape batch; every array is [B, T] except `pair_valid` [num_pair_slots].
+    """A static-shape batch; every array is [B, T] except `pair_valid` and `pair_source` [num_pair_slots].
 
     tokens int32, positions int32 (RoPE positions), segment_ids int32 (pair index within the row
     from 1; 0 = padding), roles int32 (PAD / PROMPT / CHOSEN / REJECTED), targets int32
@@ -149,6 +152,7 @@ class PackedBatch:
     rejected_mask: np.ndarray
     pair_ids: np.ndarray
     pair_valid: np.ndarray
+    pair_source: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -192,6 +196,7 @@ def pack_rows(
     if len(rows_of_pairs) > num_rows or total > num_pair_slots:
         raise ValueError(f"{len(rows_of_pairs)} rows / {total} pairs exceed {num_rows} rows / {num_pair_slots} pair slots")
     a = _empty(num_rows, seq_len)
+    source = np.full((num_pair_slots,), -1, np.int32)
     pair = 0
     for row, pairs in enumerate(rows_of_pairs):
         start = 0
@@ -207,10 +212,11 @@ def pack_rows(
             rejected_block = np.concatenate([p.prompt[-1:], p.rejected])
             _place(a, row, start + n_p + n_c, rejected_block, n_p - 1 + np.arange(n_r + 1), REJECTED, segment, pair,
                    "rejected_mask", 1)
+            source[pair] = p.source
             start += p.packed_length
             pair += 1
     pair_valid = np.arange(num_pair_slots) < total
-    return PackedBatch(**a, pair_valid=pair_valid)
+    return PackedBatch(**a, pair_valid=pair_valid, pair_source=source)
 
 
 def pack_two_rows(pairs: Sequence[EncodedPair], *, seq_len: int, num_pair_slots: int | None = None) -> PackedBatch:
@@ -219,14 +225,16 @@ def pack_two_rows(pairs: Sequence[EncodedPair], *, seq_len: int, num_pair_slots:
     if len(pairs) > n:
         raise ValueError(f"{len(pairs)} pairs exceed {n} pair slots")
     a = _empty(2 * n, seq_len)
+    source = np.full((n,), -1, np.int32)
     for i, p in enumerate(pairs):
+        source[i] = p.source
         for row, response, role, mask in ((i, p.chosen, CHOSEN, "chosen_mask"), (n + i, p.rejected, REJECTED, "rejected_mask")):
             ids = np.concatenate([p.prompt, response])
             if len(ids) > seq_len:
                 raise ValueError(f"pair {i}: {len(ids)} tokens exceed seq_len {seq_len}")
             _place(a, row, 0, ids, np.arange(len(ids)), role, 1, i, mask, len(p.prompt))
             a["roles"][row, : len(p.prompt)] = PROMPT
-    return PackedBatch(**a, pair_valid=np.arange(n) < len(pairs))
+    return PackedBatch(**a, pair_valid=np.arange(n) < len(pairs), pair_source=source)
 
 
 def attention_mask(segment_ids, roles, positions):

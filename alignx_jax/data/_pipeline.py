@@ -78,7 +78,7 @@ def encode_record(
     history, render = prompt_format.persona(record, np.random.default_rng([seed, index]))
     pair = encode_pair(
         tokenizer, render, history, record[prefs.CHOSEN], record[prefs.REJECTED], max_length=max_length,
-        min_prompt_tokens=min_prompt_tokens, on_long_response=on_long_response, stats=stats,
+        min_prompt_tokens=min_prompt_tokens, on_long_response=on_long_response, stats=stats, source=index,
     )
     return pair, stats
 

@@ -214,4 +214,5 @@ def test_batch_contract_shapes_and_dtypes(pairs):
         assert array.shape == (4, 32) and array.dtype == (np.int32 if name in int_fields else np.bool_), name
     assert batch.pair_valid.tolist() == [True, True, True, False]
     assert (batch.segment_ids[3] == 0).all()
-    assert batch.as_dict().keys() == {*int_fields, "chosen_mask", "rejected_mask", "pair_valid"}
+    assert batch.pair_source.dtype == np.int32 and batch.pair_source.tolist()[3] == -1
+    assert batch.as_dict().keys() == {*int_fields, "chosen_mask", "rejected_mask", "pair_valid", "pair_source"}

@@ -147,3 +147,16 @@ def test_prompt_formats_render_the_benchmark_layouts(shared_data_dir, byte_token
                            max_length=8192)
     with pytest.raises(ValueError, match="kind must be one of"):
         data.PromptFormat(kind="rag")
+
+
+def test_pair_source_names_each_pairs_record(records, byte_tokenizer):
+    dataset = data.packed_batches(records, tokenizer=byte_tokenizer, config=CONFIG, seed=7)
+    seen = []
+    for batch in dataset:
+        for p in range(int(batch.pair_valid.sum())):
+            ids = batch.tokens[(batch.pair_ids == p) & (batch.roles == data.PROMPT)]
+            prompt = byte_tokenizer.decode(ids).split("***Task***\n\n")[1].split("\n\n")[0]
+            assert prompt == records[batch.pair_source[p]]["prompt"]
+            seen.append(int(batch.pair_source[p]))
+        assert (batch.pair_source[~batch.pair_valid] == -1).all()
+    assert sorted(seen) == list(range(len(records)))
