@@ -43,6 +43,7 @@ from alignx_jax.data._sources import (
     persona_key,
     write_records,
 )
+from alignx_jax.data._splits import first_per_persona, heldout_split, persona_groups, take_evenly
 from alignx_jax.data._synthetic import synthetic_records
 
 _TFDS_NAMES = ("Alignx", "TfdsRecords", "build_tfds")
@@ -65,5 +66,6 @@ __all__ = [
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",
     "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
-    "persona_key", "write_records", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
+    "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
+    "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]
