@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from alignx_jax.errors import RecordError
 from alignx_jax.preferences._space import NUM_DIMENSIONS
 
 PROMPT, CHOSEN, REJECTED = "prompt", "chosen", "rejected"
@@ -26,10 +27,6 @@ TRAINING_FIELDS = (PROMPT, CHOSEN, REJECTED, DIRECTION, DEMOGRAPHICS, UGC, PAIRS
 UGC_ITEM_FIELDS = (PROMPT, "comment")
 PAIR_ITEM_FIELDS = (PROMPT, CHOSEN, REJECTED)
 SCHEMAS = ("alignx", "benchmark")
-
-
-class RecordError(ValueError):
-    """A record breaks the schema; the message names the source, the record index and the field."""
 
 
 def _fail(where: str, message: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from alignx_jax.errors import InputError
+
 NUM_DIMENSIONS = 90
 POSITIVE, NEUTRAL, NEGATIVE = 1.0, 0.5, 0.0
 
@@ -74,7 +76,7 @@ def lookup(label: str) -> tuple[Dimension, float]:
     try:
         index, value = _label_table()[label]
     except KeyError:
-        raise ValueError(f"unknown preference label {label!r}") from None
+        raise InputError(f"unknown preference label {label!r}") from None
     return dimensions()[index], value
 
 
@@ -111,10 +113,10 @@ def parse_profile(text: str) -> np.ndarray:
             None,
         )
         if match is None:
-            raise ValueError(f"profile text has an unknown label at character {position}: {text[position:position + 60]!r}")
+            raise InputError(f"profile text has an unknown label at character {position}: {text[position:position + 60]!r}")
         dim, value = lookup(match)
         if direction[dim.index] != NEUTRAL:
-            raise ValueError(f"profile text names dimension {dim.index} ({dim.positive} / {dim.negative}) twice")
+            raise InputError(f"profile text names dimension {dim.index} ({dim.positive} / {dim.negative}) twice")
         direction[dim.index] = value
         position += len(match) + 2
     return direction
