@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
+
+from alignx_jax.cli._common import atomic_output, output_path
+from alignx_jax.errors import InputError, cause
 
 
 def register(subparsers) -> None:
@@ -35,12 +39,21 @@ def _tokenizer_or_none(source):
         return None
 
 
+def _max_shard_bytes(args: argparse.Namespace) -> int:
+    if not args.max_shard_gb > 0:
+        raise InputError(f"--max-shard-gb must be > 0, got {args.max_shard_gb}")
+    return int(args.max_shard_gb * 2**30)
+
+
 def _hf_to_jax(args: argparse.Namespace) -> int:
     from alignx_jax import interop
 
+    dst = output_path(args.dst, kind="folder")
     start = time.perf_counter()
     params, config = interop.load_hf(args.src)
-    interop.save_native(params, config, args.dst, tokenizer=_tokenizer_or_none(args.src))
+    tokenizer = _tokenizer_or_none(args.src)
+    with atomic_output(dst, kind="folder") as tmp:
+        interop.save_native(params, config, tmp, tokenizer=tokenizer)
     print(f"wrote {args.dst} ({config.architecture}, {config.num_layers} layers) in {time.perf_counter() - start:.1f}s")
     return 0
 
@@ -48,10 +61,12 @@ def _hf_to_jax(args: argparse.Namespace) -> int:
 def _jax_to_hf(args: argparse.Namespace) -> int:
     from alignx_jax import interop
 
+    max_shard_bytes, dst = _max_shard_bytes(args), output_path(args.dst, kind="folder")
     start = time.perf_counter()
     params, config = interop.load_native(args.src)
-    interop.save_hf(params, config, args.dst, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30),
-                    tokenizer=_tokenizer_or_none(args.src))
+    tokenizer = _tokenizer_or_none(args.src)
+    with atomic_output(dst, kind="folder") as tmp:
+        interop.save_hf(params, config, tmp, dtype=args.dtype, max_shard_bytes=max_shard_bytes, tokenizer=tokenizer)
     print(f"wrote {args.dst} in {time.perf_counter() - start:.1f}s")
     return 0
 
@@ -59,18 +74,21 @@ def _jax_to_hf(args: argparse.Namespace) -> int:
 def _gguf_to_hf(args: argparse.Namespace) -> int:
     from alignx_jax import interop
 
+    max_shard_bytes, dst = _max_shard_bytes(args), output_path(args.dst, kind="folder")
     start = time.perf_counter()
     params, config = interop.load_gguf(args.gguf)
     if args.gguf is None:
         tokenizer = interop.load_tokenizer(interop.EMBEDDED_ALIAS)
     else:
-        import pathlib
-
         import transformers
 
         path = pathlib.Path(args.gguf)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    interop.save_hf(params, config, args.dst, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 2**30),
-                    tokenizer=tokenizer)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception as error:  # transformers' GGUF tokenizer converter raises many types
+            raise InputError(f"{path}: cannot build a tokenizer from its GGUF metadata, expected a llama.cpp "
+                             f"GGUF with tokenizer.ggml.* keys ({cause(error)})") from error
+    with atomic_output(dst, kind="folder") as tmp:
+        interop.save_hf(params, config, tmp, dtype=args.dtype, max_shard_bytes=max_shard_bytes, tokenizer=tokenizer)
     print(f"wrote {args.dst} in {time.perf_counter() - start:.1f}s")
     return 0

@@ -6,6 +6,9 @@ import collections
 import pathlib
 import statistics
 
+from alignx_jax.cli._common import atomic_output, output_path
+from alignx_jax.errors import InputError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("data", help="synthesize, validate and summarize AlignX record files")
@@ -19,7 +22,8 @@ def register(subparsers) -> None:
     synth.add_argument("--out", type=pathlib.Path, required=True, help="FILE.parquet (hub schema), .jsonl or .json")
     synth.set_defaults(func=_synth)
 
-    validate = commands.add_parser("validate", help="check every record; exit 1 if any is bad, listing each")
+    validate = commands.add_parser("validate", help="check every record; exit 1 if any is bad, listing each "
+                                                    "(exit 2 if the file cannot be read or holds no records)")
     validate.add_argument("file", type=pathlib.Path, help="a .parquet file or folder, .json or .jsonl")
     validate.add_argument("--schema", choices=("alignx", "benchmark"), default=None,
                           help="default: alignx for parquet, benchmark for JSON")
@@ -33,10 +37,17 @@ def register(subparsers) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from alignx_jax import data
+    from alignx_jax.data._sources import RECORD_SUFFIXES
 
+    for flag, value, least in (("--users", args.users, 1), ("--records-per-user", args.records_per_user, 1),
+                               ("--history-items", args.history_items, 0)):
+        if value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
+    out = output_path(args.out, kind="file", suffixes=RECORD_SUFFIXES, flag="--out")
     records = data.synthetic_records(args.users, seed=args.seed, records_per_user=args.records_per_user,
                                      history_items=args.history_items)
-    data.write_records(records, args.out)
+    with atomic_output(out) as tmp:
+        data.write_records(records, tmp)
     print(f"wrote {len(records)} records of {args.users} users to {args.out}")
     return 0
 
@@ -45,15 +56,13 @@ def _validate(args: argparse.Namespace) -> int:
     from alignx_jax import data
 
     report = data.LoadReport()
-    try:
-        for _ in data.iter_records(args.file, schema=args.schema, on_error="skip", report=report):
-            pass
-    except (OSError, ValueError) as error:  # a missing file, or a line that is not JSON
-        print(f"error: {error}")
-        return 2
+    for _ in data.iter_records(args.file, schema=args.schema, on_error="skip", report=report):
+        pass
+    total = report.loaded + report.skipped
+    if not total:
+        raise InputError(f"{args.file}: holds no records")
     for error in report.errors:
         print(error)
-    total = report.loaded + report.skipped
     print(f"{total} records, {report.skipped} bad")
     return 1 if report.skipped else 0
 
@@ -62,14 +71,9 @@ def _stats(args: argparse.Namespace) -> int:
     from alignx_jax import data, preferences
 
     report = data.LoadReport()
-    try:
-        records = list(data.iter_records(args.file, schema=args.schema, on_error="skip", report=report))
-    except (OSError, ValueError) as error:
-        print(f"error: {error}")
-        return 2
+    records = list(data.iter_records(args.file, schema=args.schema, on_error="skip", report=report))
+    report.check_usable(args.file)
     print(f"records: {len(records)} (bad, skipped: {report.skipped})")
-    if not records:
-        return 1 if report.skipped else 0
     directions = {tuple(r[preferences.DIRECTION]) for r in records if r.get(preferences.DIRECTION) is not None}
     print(f"distinct preference directions: {len(directions)}")
     for field in ("prompt", "chosen", "rejected"):

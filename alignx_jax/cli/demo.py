@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from alignx_jax.errors import InputError
+
 POST = "I have a free Saturday coming up. What should I do with it?"
 USERS = {
     "user A": ["Young", "High Extraversion", "Concise communication style", "Likes sports", "Likes gaming",
@@ -29,7 +31,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 for greedy decoding), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not args.post.strip():
+        raise InputError("--post is empty")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     from alignx_jax import data, interop, preferences
     from alignx_jax.models import decoding
 

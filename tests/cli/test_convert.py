@@ -20,9 +20,10 @@ def test_hf_to_jax_to_hf_is_exact(hf_model_dir, tmp_path):
         np.testing.assert_array_equal(value, original[key], err_msg=key)
 
 
-def test_convert_errors_exit_with_a_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing config.json"):
-        main(["convert", "hf-to-jax", str(tmp_path), str(tmp_path / "out")])
+def test_convert_errors_exit_with_a_message(tmp_path, capsys):
+    assert main(["convert", "hf-to-jax", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "missing config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         main(["convert", "sideways", "a", "b"])
 

@@ -29,4 +29,4 @@ def test_validate_lists_every_bad_record_and_fails(tmp_path, capsys):
         "4 records, 2 bad",
     ]
     assert cli.main(["data", "validate", str(tmp_path / "absent.json")]) == 2
-    assert capsys.readouterr().out.startswith("error: no JSON file at")
+    assert capsys.readouterr().err.startswith("alignx: error: no JSON file at")
