@@ -1,0 +1,160 @@
+"""Evaluation modes: what the policy and the reference see of a record's persona.
+
+The reference is always the official few-shot prompt (`data.reference_prompt`, the ICA
+evaluation layout) with the persona's history. A mode renders the policy's prompt:
+
+- `ica`: the history as text, in the ICA evaluation layout (`layout="eval"`, the official
+  `loss_ica.py`; identical to the reference prompt, so one packed batch serves both models) or in
+  the training layout (`layout="train"`, the layout the model was trained on).
+- `pba_text`: a profile of preference labels in the PBA evaluation layout (`loss_pba.py`).
+- `pba_soft` (not here yet): the learned preference bridge conditions the policy with soft
+  preference embeddings. It needs a policy trained with a bridge; a mode that contributes model
+  inputs overrides `EvalMode.score_policy` (the scoring loop calls it with the batch's records).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from alignx_jax import data
+from alignx_jax import preferences as prefs
+from alignx_jax.errors import InputError
+
+PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
+MODE_NAMES = ("ica", "pba_text", "pba_soft")
+TEXT_MODES = ("ica", "pba_text")
+ICA_LAYOUTS = ("eval", "train")
+PROFILE_SOURCES = ("auto", "official", "golden", "precomputed")
+
+Render = Callable[[data.History], data.ChatPrompt]
+
+
+def persona_history(record: Mapping[str, Any], *, items: str = "mixed", history: int | None = None) -> data.History:
+    """The persona shown for a record: the item kinds of `items` ("ugc" comments, "pair" earlier
+    choices, "demo" the demographic text, "mixed" all three), at most `history` UGC + pair items.
+
+    The cap takes UGC items and pairs alternately (the first UGC item, the first pair, the second
+    UGC item, ...), so a small history still mixes both kinds; None keeps every item. The
+    demographic text is not an item and is not capped.
+    """
+    if items not in PERSONA_ITEMS:
+        raise ValueError(f"persona items must be one of {PERSONA_ITEMS}, got {items!r}")
+    if history is not None and history < 0:
+        raise ValueError(f"history must be >= 0 items, got {history}")
+    full = data.full_history(record)
+    ugc = full.ugc if items in ("ugc", "mixed") else ()
+    pairs = full.pairs if items in ("pair", "mixed") else ()
+    demographics = full.demographics if items in ("demo", "mixed") else ""
+    if history is not None:
+        num_ugc = num_pairs = 0
+        while num_ugc + num_pairs < history and (num_ugc < len(ugc) or num_pairs < len(pairs)):
+            if num_ugc < len(ugc) and (num_ugc <= num_pairs or num_pairs == len(pairs)):
+                num_ugc += 1
+            else:
+                num_pairs += 1
+        ugc, pairs = ugc[:num_ugc], pairs[:num_pairs]
+    return data.History(ugc=tuple(ugc), pairs=tuple(pairs), demographics=demographics)
+
+
+def item_types(history: data.History) -> str:
+    """The kinds of persona items a rendered history holds: "ugc+pair+demo", "pair", ..., or "none"."""
+    kinds = [name for name, present in (("ugc", history.ugc), ("pair", history.pairs), ("demo", history.demographics))
+             if present]
+    return "+".join(kinds) or "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalMode:
+    """How the policy's prompt is rendered; the reference prompt is the same for every mode."""
+
+    name: str
+
+    @property
+    def shares_reference_prompt(self) -> bool:
+        """True when the policy prompt is the reference prompt, so one packed batch serves both."""
+        return False
+
+    def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
+        raise NotImplementedError
+
+    def reference_render(self, record: Mapping[str, Any], index: int) -> Render:
+        prompt = record[prefs.PROMPT]
+        return lambda history: data.reference_prompt(prompt, history)
+
+    def score_policy(self, score: Callable[..., Any], params: Any, config: Any, arrays: Mapping[str, Any],
+                     records: list[Mapping[str, Any]], **kwargs) -> Any:
+        """The policy's `PairLogprobs` of a packed batch. Text modes call the shared scorer as is;
+        a soft-prefix mode would add its inputs (from `records`, the batch's records) here."""
+        del records
+        return score(params, config, arrays, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class IcaMode(EvalMode):
+    name: str = "ica"
+    layout: str = "eval"
+
+    def __post_init__(self):
+        if self.layout not in ICA_LAYOUTS:
+            raise ValueError(f"ICA layout must be one of {ICA_LAYOUTS}, got {self.layout!r}")
+
+    @property
+    def shares_reference_prompt(self) -> bool:
+        return self.layout == "eval"
+
+    def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
+        prompt = record[prefs.PROMPT]
+        layout = data.ica_eval_prompt if self.layout == "eval" else data.ica_train_prompt
+        return lambda history: layout(prompt, history)
+
+
+@dataclasses.dataclass(frozen=True)
+class PbaTextMode(EvalMode):
+    """`profile`: "precomputed" (the benchmark's `profile` field), "official" (the official rule over
+    the shown history's direction vectors), "golden" (the record's own direction: an upper bound,
+    the paper's "PBA with the true preference directions"), "auto" (precomputed when the record has
+    a `profile`, else official)."""
+
+    name: str = "pba_text"
+    profile: str = "auto"
+
+    def __post_init__(self):
+        if self.profile not in PROFILE_SOURCES:
+            raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
+
+    def profile_text(self, record: Mapping[str, Any], history: data.History, index: int) -> str:
+        source = self.profile
+        if source == "auto":
+            source = "precomputed" if record.get(prefs.PROFILE) else "official"
+        try:
+            return data.record_profile(record, history, source)
+        except ValueError as error:
+            raise InputError(f"record {index}: --mode pba_text with profile {source!r}: {error}") from None
+
+    def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
+        prompt = record[prefs.PROMPT]
+        # The profile is drawn from the whole shown history, once: shortening the history to fit a
+        # row (the reference prompt's concern) leaves the policy's profile as it is.
+        cache: dict[str, str] = {}
+
+        def render(history: data.History) -> data.ChatPrompt:
+            if "profile" not in cache:
+                cache["profile"] = self.profile_text(record, history, index)
+            return data.pba_prompt(prompt, cache["profile"], evaluation=True)
+
+        return render
+
+
+def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto") -> EvalMode:
+    """An `EvalMode` from its name ("ica", "pba_text"); an `EvalMode` passes through."""
+    if isinstance(mode, EvalMode):
+        return mode
+    if mode == "ica":
+        return IcaMode(layout=layout)
+    if mode == "pba_text":
+        return PbaTextMode(profile=profile)
+    if mode == "pba_soft":
+        raise InputError("mode pba_soft needs a policy trained with a preference bridge and its soft-prefix "
+                         "scorer, which this version does not have; use mode ica or pba_text")
+    raise InputError(f"unknown evaluation mode {mode!r}, expected one of {MODE_NAMES}")
