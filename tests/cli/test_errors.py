@@ -52,6 +52,12 @@ def _write_inputs(folder: pathlib.Path) -> None:
     (folder / "no_params").mkdir()
     (folder / "no_params" / "alignx_model.json").write_text(json.dumps(_NATIVE_CONFIG))
     (folder / "no_params" / "params").mkdir()
+    tiny = "model: {name: random, preset: tiny, tokenizer: smollm2-135m-instruct}\nout_dir: run\n"
+    users = "data: {synthetic: {users: 2, records_per_user: 1, history_items: 0}"
+    (folder / "typo.yaml").write_text(tiny + users + "}\nsetps: 3\n")
+    (folder / "wrong_type.yaml").write_text(tiny + users + "}\nsteps: many\n")
+    (folder / "missing_data.yaml").write_text(tiny + "data: {files: [absent.json]}\n")
+    (folder / "too_long.yaml").write_text(tiny + users + ", seq_lengths: [64]}\n")
 
 
 # id -> (arguments, text the one line must contain: the bad input it names). `issue-*`: the issue's table.
@@ -90,6 +96,12 @@ CASES = {
     "stats-no-parquet-in-folder": (["data", "stats", "EMPTY_DIR"], "no *.parquet files under EMPTY_DIR"),
     "losses-unknown-name": (["losses", "nope"], "unknown loss 'nope'"),
     "losses-not-a-function": (["losses", "os:path"], "loss 'os:path'"),
+    "train-typo-key": (["train", "--config", "typo.yaml"], "unknown key 'setps'; did you mean 'steps'?"),
+    "train-wrong-type": (["train", "--config", "wrong_type.yaml"], "config key 'steps' must be int, got 'many'"),
+    "train-missing-data-file": (["train", "--config", "missing_data.yaml"], "absent.json"),
+    "train-records-too-long": (["train", "--config", "too_long.yaml"], "too long for data.seq_lengths"),
+    "train-missing-config": (["train", "--config", "absent.yaml"], "absent.yaml: no such config file"),
+    "train-bad-override": (["train", "--config", "typo.yaml", "steps"], "override 'steps' must look like key=value"),
     "argparse-bad-int": (["data", "synth", "--users", "x", "--out", "a.json"], "argument --users: invalid int"),
     "argparse-unknown-command": (["frobnicate"], "invalid choice: 'frobnicate'"),
 }

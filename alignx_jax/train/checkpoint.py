@@ -1,0 +1,91 @@
+"""Checkpoints of a run: orbax CheckpointManager (async, atomic, keep N) under out_dir/checkpoints/<step>/.
+
+Each holds `state` (step, trained params, optimizer state), `data` (each process's Grain iterator
+state, grain's own orbax handler) and `meta` (the seed, so the per-step RNG `fold_in(key(seed),
+step)` continues). The frozen reference / LoRA base is not saved: it is the start model, reloaded.
+Restoring tries the latest step first; a step that fails to restore (truncated or corrupt files) is
+reported by name, moved aside to `<step>.corrupt`, and the previous one is used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from alignx_jax.errors import InputError, cause
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: dict
+    meta: dict
+    skipped: list[str]  # messages about corrupt checkpoints that were passed over
+
+
+class Checkpoints:
+    def __init__(self, directory: str | pathlib.Path, *, keep: int, asynchronous: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "meta"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def save(self, step: int, state: dict, iterator: grain.DatasetIterator, meta: dict, *, force: bool = False) -> None:
+        """Start saving (asynchronously: the arrays are copied to host memory first)."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
+            meta=ocp.args.JsonSave(meta)), force=force)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, abstract_state: dict, iterator: grain.DatasetIterator,
+                warn: Callable[[str], None] = lambda _: None) -> Restored | None:
+        """The newest checkpoint that restores, into `abstract_state` (ShapeDtypeStructs with shardings)
+        and `iterator` (its state is set); None when there is none."""
+        skipped = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            path = self.directory / str(step)
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator),
+                    meta=ocp.args.JsonRestore()))
+            except Exception as error:  # orbax/tensorstore/json raise many types for damaged files
+                message = f"checkpoint {path} is corrupt or incomplete ({cause(error)}); trying the previous one"
+                warn(message)
+                skipped.append(message)
+                self._set_aside(path)
+                continue
+            return Restored(step, restored["state"], restored["meta"], skipped)
+        if skipped:
+            raise InputError(f"no checkpoint under {self.directory} restores: " + "; ".join(skipped))
+        return None
+
+    def _set_aside(self, path: pathlib.Path) -> None:
+        if jax.process_index() == 0 and path.exists():
+            target = path.with_name(path.name + ".corrupt")
+            index = 1
+            while target.exists():
+                target = path.with_name(f"{path.name}.corrupt{index}")
+                index += 1
+            path.rename(target)
+        self._manager.reload()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def saved_state(state: Any) -> dict:
+    """What of a TrainState goes into a checkpoint (the frozen model does not)."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}

@@ -1,0 +1,347 @@
+"""The training run's configuration: frozen dataclasses, read from YAML and `key=value` overrides.
+
+Everything is checked before anything is loaded: an unknown key names the nearest known one
+(`unknown key 'setps'; did you mean 'steps'?`), a wrong type or range names the key and what it
+expected. `load_config(path, overrides)` is the one entry point; nothing below the CLI reads files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+
+from alignx_jax.errors import InputError
+
+REFERENCE_MODES = ("frozen", "precomputed", "lora")
+
+
+class ConfigError(InputError):
+    """A training config key is unknown, mistyped or out of range; the message names the key."""
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """`name`: what `from_pretrained` accepts (the alias `smollm2-135m-instruct`, a Hugging Face folder,
+    an alignx_jax folder), or `random` for a random-init `preset` (+ `overrides`), which then needs a
+    `tokenizer` (an alias or folder whose tokenizer to use)."""
+
+    name: str = "smollm2-135m-instruct"
+    preset: str = "tiny"
+    overrides: dict = dataclasses.field(default_factory=dict)
+    tokenizer: str | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute; parameters (master weights) stay param_dtype
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+    attention_impl: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticUsers:
+    """`data.synthetic_records`: users in mirror pairs (a persona-blind model scores 50%)."""
+
+    users: int = 0
+    records_per_user: int = 4
+    history_items: int = 6
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFile:
+    """A record file or folder (parquet, JSON, JSONL). `heldout_per_persona` records of each persona
+    (`data.persona_key`, chosen by a seeded draw) go to the held-out set, the rest to training;
+    `limit` keeps at most that many training records, evenly across personas."""
+
+    path: str
+    heldout_per_persona: int = 0
+    limit: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    synthetic: SyntheticUsers = SyntheticUsers()
+    heldout_synthetic: SyntheticUsers = SyntheticUsers(seed=1)
+    files: tuple[DataFile, ...] = ()
+    prompt: Literal["ica", "pba"] = "ica"
+    profile: Literal["official", "golden", "precomputed"] = "official"
+    rows: int = 4
+    seq_lengths: tuple[int, ...] = (512, 1024, 2048)
+    max_pairs_per_row: int = 4
+    on_long_response: Literal["drop", "truncate"] = "drop"
+    scored_buckets: tuple[int, ...] = ()  # static scored-token counts; () = powers of two up to rows * T
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """optax AdamW; lr warms up linearly for `warmup_steps`, then decays (`schedule`) to `end_lr_ratio` * lr."""
+
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+    accumulation: int = 1  # micro-batches per optimizer step, accumulated inside the jitted step
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Adapters W + (alpha / rank) A B on the named projections; A random, B zero (so step 0 = the base)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    targets: tuple[str, ...] = LORA_TARGETS
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes; their product is the device count (one of them may be -1: the rest)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """`jax.distributed.initialize` arguments; all None = single process, unless the cluster's
+    environment (SLURM, TPU pod, ...) is detected by `initialize: auto`."""
+
+    initialize: Literal["off", "auto", "explicit"] = "off"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation every `eval_every` steps: the paper's accuracy and the policy-only view."""
+
+    history: Literal["full", "sampled"] = "full"
+    layout: Literal["evaluation", "training"] = "evaluation"  # the official eval prompt, or the training one
+    rows: int = 4
+    limit: int | None = None  # at most this many held-out records, evenly across personas
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/alignx"
+    seed: int = 0
+    steps: int = 100
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    loss: str = "sigmoid"
+    beta: float = 0.1
+    loss_hparams: dict = dataclasses.field(default_factory=dict)
+    reference: Literal["frozen", "precomputed", "lora"] = "frozen"
+    reference_cache_dir: str | None = None  # default: out_dir/../.reference_cache
+    lora: LoraConfig = LoraConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # 0 = only at the end
+    eval: EvalConfig = EvalConfig()
+    log_every: int = 1
+    progress: bool = True
+    export_hf: bool = False  # also write out_dir/hf (transformers folder)
+
+    def __post_init__(self):
+        _check_ranges(self)
+
+
+def _positive(value, key, minimum=1):
+    if value is not None and value < minimum:
+        raise ConfigError(f"config key {key!r} must be >= {minimum}, got {value}")
+
+
+def _check_ranges(c: TrainConfig) -> None:
+    _positive(c.steps, "steps")
+    _positive(c.checkpoint_every, "checkpoint_every")
+    _positive(c.keep_checkpoints, "keep_checkpoints")
+    _positive(c.eval_every, "eval_every", 0)
+    _positive(c.log_every, "log_every")
+    _positive(c.data.rows, "data.rows")
+    _positive(c.data.max_pairs_per_row, "data.max_pairs_per_row")
+    _positive(c.optimizer.accumulation, "optimizer.accumulation")
+    _positive(c.optimizer.warmup_steps, "optimizer.warmup_steps", 0)
+    _positive(c.lora.rank, "lora.rank")
+    _positive(c.eval.rows, "eval.rows")
+    for name, users in (("data.synthetic", c.data.synthetic), ("data.heldout_synthetic", c.data.heldout_synthetic)):
+        _positive(users.users, f"{name}.users", 0)
+        _positive(users.records_per_user, f"{name}.records_per_user")
+        _positive(users.history_items, f"{name}.history_items", 0)
+    if c.optimizer.lr <= 0:
+        raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {c.optimizer.lr}")
+    if c.beta <= 0:
+        raise ConfigError(f"config key 'beta' must be > 0, got {c.beta}")
+    if not 0 <= c.optimizer.end_lr_ratio <= 1:
+        raise ConfigError(f"config key 'optimizer.end_lr_ratio' must be in [0, 1], got {c.optimizer.end_lr_ratio}")
+    if not c.data.seq_lengths or list(c.data.seq_lengths) != sorted(set(c.data.seq_lengths)):
+        raise ConfigError(f"config key 'data.seq_lengths' must be strictly increasing, got {list(c.data.seq_lengths)}")
+    if list(c.data.scored_buckets) != sorted(set(c.data.scored_buckets)):
+        raise ConfigError(f"config key 'data.scored_buckets' must be strictly increasing, got {list(c.data.scored_buckets)}")
+    unknown = sorted(set(c.lora.targets) - set(LORA_TARGETS))
+    if unknown:
+        raise ConfigError(f"config key 'lora.targets': unknown projection(s) {unknown}; known: {list(LORA_TARGETS)}")
+    if c.model.name == "random" and not c.model.tokenizer:
+        raise ConfigError("config key 'model.tokenizer' is required when model.name is 'random'")
+    if not c.data.synthetic.users and not c.data.files:
+        raise ConfigError("config key 'data' names no training records: set data.synthetic.users or data.files")
+
+
+# ---- YAML -> dataclasses, with key and type checks ------------------------------------------------
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {type(None): "null", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp, key: str):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config key {key!r} must be one of {list(typing.get_args(tp))}, got {value!r}{hint}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls, values: Any, prefix: str = ""):
+    if isinstance(values, str) and cls is ModelConfig:
+        values = {"name": values}  # `model: smollm2-135m-instruct` is short for model.name
+    if isinstance(values, str) and cls is DataFile:
+        values = {"path": values}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config key {prefix or '<top>'!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r}{hint}")
+        kwargs[name] = _convert(value, hints[name], key)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"config key {(prefix + '.' if prefix else '') + missing[0]!r} is required")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part == "model":
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a mapping")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """`key=value` strings (dotted keys reach nested sections; values are YAML scalars or lists)."""
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=100, optimizer.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({error})") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    tree = dict(values)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    return _build(TrainConfig, tree)
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, check every key, type and range."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(values).__name__}")
+    try:
+        return config_from_dict(values, overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def to_dict(config: TrainConfig) -> dict:
+    """The config as plain YAML-able data (tuples as lists), as written to out_dir/config.yaml."""
+    def plain(x):
+        if isinstance(x, (tuple, list)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+    return plain(dataclasses.asdict(config))

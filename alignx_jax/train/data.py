@@ -1,0 +1,158 @@
+"""Training and held-out records from the config, and packed host batches turned into global arrays.
+
+Held-out records never train: synthetic held-out users are other users (another seed), and a file's
+held-out records are a seeded draw of `heldout_per_persona` records of each persona, so the held-out
+set holds every persona of the file (DESIGN.md, "Personas, not averages").
+
+Multi-host: each process packs its own Grain shard of the training records (`packed_batches`
+shards by `jax.process_index()`); the processes agree on the static shapes (the longest row
+length and scored-token count of the step, one small all-gather) and each contributes its rows to
+the global [B, T] arrays (`jax.make_array_from_process_local_data`). Pair ids are offset by the
+process's pair slots so that every pair keeps a unique id in the global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from alignx_jax import data, kernels
+from alignx_jax.errors import InputError
+from alignx_jax.train.config import DataConfig, SyntheticUsers
+
+ROW_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
+PAIR_KEYS = ("pair_valid", "pair_source")
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    train: list[dict]
+    heldout: list[dict]
+
+
+def _synthetic(users: SyntheticUsers) -> list[dict]:
+    if not users.users:
+        return []
+    return data.synthetic_records(users.users, seed=users.seed, records_per_user=users.records_per_user,
+                                  history_items=users.history_items)
+
+
+def build_splits(config: DataConfig, seed: int) -> Splits:
+    """The training and held-out records the config names (files are read and validated here)."""
+    if config.synthetic.users and config.heldout_synthetic.users and config.synthetic.seed == config.heldout_synthetic.seed:
+        raise InputError(f"config keys 'data.synthetic.seed' and 'data.heldout_synthetic.seed' are both "
+                         f"{config.synthetic.seed}: held-out users would be training users")
+    train, heldout = _synthetic(config.synthetic), _synthetic(config.heldout_synthetic)
+    for file in config.files:
+        records, _ = data.load_records(file.path)
+        if not records:
+            raise InputError(f"{file.path}: holds no records")
+        train_ids, heldout_ids = data.heldout_split(records, file.heldout_per_persona, seed=seed)
+        file_train = [records[i] for i in train_ids]
+        if file.limit is not None:
+            file_train = [file_train[i] for i in data.take_evenly(file_train, file.limit)]
+        train += file_train
+        heldout += [records[i] for i in heldout_ids]
+    if not train:
+        raise InputError("the config's data leaves no training records (every record is held out)")
+    return Splits(train, heldout)
+
+
+def packing_config(config: DataConfig, processes: int = 1) -> data.PackingConfig:
+    """This process's share of the batch: `rows / processes` rows (rows must divide)."""
+    if config.rows % processes:
+        raise InputError(f"config key 'data.rows' = {config.rows} does not divide over {processes} processes")
+    return data.PackingConfig(rows=config.rows // processes, seq_lengths=config.seq_lengths,
+                              max_pairs_per_row=config.max_pairs_per_row)
+
+
+def prompt_format(config: DataConfig, *, evaluation: bool = False, history: str = "sampled") -> data.PromptFormat:
+    return data.PromptFormat(kind=config.prompt, profile=config.profile, evaluation=evaluation, history=history)
+
+
+def check_records_fit(records: Sequence[Mapping[str, Any]], *, tokenizer, config: DataConfig, seed: int,
+                      sample: int = 64) -> None:
+    """Refuse a dataset whose records cannot fit the largest static length (else the endless training
+    stream would drop every pair and never yield a batch): encode a sample and require one to fit."""
+    fmt = prompt_format(config)
+    stats = data.PackingStats()
+    for index in range(min(sample, len(records))):
+        pair, pair_stats = data.encode_record(records[index], index, tokenizer=tokenizer, prompt_format=fmt, seed=seed,
+                                              max_length=config.seq_lengths[-1], on_long_response=config.on_long_response)
+        stats.add(pair_stats)
+        if pair is not None:
+            return
+    raise InputError(f"all {stats.pairs_dropped} sampled training records are too long for data.seq_lengths "
+                     f"(largest {config.seq_lengths[-1]} tokens): their chosen + rejected responses leave no room "
+                     f"for the prompt; raise data.seq_lengths or set data.on_long_response: truncate")
+
+
+def default_buckets(max_tokens: int, smallest: int = 64) -> tuple[int, ...]:
+    """Powers of two from `smallest` up to (and including) `max_tokens`: a step compiles one shape per bucket."""
+    buckets = [smallest]
+    while buckets[-1] < max_tokens:
+        buckets.append(buckets[-1] * 2)
+    return tuple(buckets[:-1]) + (max_tokens,) if buckets[-1] != max_tokens else tuple(buckets)
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """A host batch with its [B, T] arrays padded to T = `length` (padding: segment 0, pair id -1)."""
+    out = dict(batch)
+    t = batch["tokens"].shape[1]
+    if length < t:
+        raise ValueError(f"cannot pad rows of length {t} to {length}")
+    for key in ROW_KEYS:
+        fill = -1 if key == "pair_ids" else 0
+        out[key] = np.pad(batch[key], ((0, 0), (0, length - t)), constant_values=fill)
+    return out
+
+
+def _all_max(values: Sequence[int]) -> list[int]:
+    """Elementwise max over processes (identity in one process)."""
+    if jax.process_count() == 1:
+        return list(values)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+    return np.max(np.asarray(gathered).reshape(jax.process_count(), -1), axis=0).tolist()
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+    """A (possibly multi-host sharded) device array, whole, as numpy on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tuple[int, ...],
+             row_sharding: jax.sharding.Sharding, pair_sharding: jax.sharding.Sharding,
+             extra: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, jax.Array], int]:
+    """Global [A, B, T] device arrays (and [A, P] pair arrays) from this process's host micro-batches,
+    plus the static scored-token length of the step (the bucket of the largest micro-batch).
+
+    `extra`: more per-pair arrays [A, P_local] (precomputed reference log-probs).
+    """
+    length = max(b["tokens"].shape[1] for b in micro_batches)
+    scored = max(int((b["chosen_mask"] | b["rejected_mask"]).sum()) for b in micro_batches)
+    length, scored = _all_max([length, scored])
+    if jax.process_count() > 1:  # every process's local count, not the global sum, bounds its rows' share
+        scored *= jax.process_count()
+    scored_length = kernels.bucket_length(scored, buckets)
+    local_pairs = len(micro_batches[0]["pair_valid"])
+    stacked = {}
+    for key in ROW_KEYS + PAIR_KEYS:
+        values = np.stack([pad_rows(b, length)[key] if key in ROW_KEYS else b[key] for b in micro_batches])
+        if key == "pair_ids":
+            values = np.where(values >= 0, values + jax.process_index() * local_pairs, -1).astype(np.int32)
+        stacked[key] = values
+    stacked.update(extra or {})
+    arrays = {}
+    for key, values in stacked.items():
+        sharding = row_sharding if values.ndim == 3 else pair_sharding
+        arrays[key] = jax.make_array_from_process_local_data(sharding, values)
+    return arrays, scored_length

@@ -1,0 +1,98 @@
+"""Held-out evaluation during training: the paper's alignment accuracy and the policy-only view.
+
+The reference never changes during a run, so its held-out log-probs are computed once, before the
+first step (with the few-shot persona prompt, the official reference); each evaluation then runs
+only the policy. Every process packs the same held-out batches and feeds its slice of the rows, so
+the same code serves one device, a mesh and several hosts. Scores are summarized per persona by
+`evaluation.summarize` (worst persona beside the mean).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from alignx_jax import data
+from alignx_jax.train.config import DataConfig, EvalConfig
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """Packed held-out batches (policy layout and, when it differs, the reference layout) and the
+    reference log-probs per record (filled by `score_reference`)."""
+
+    records: list[dict]
+    policy_batches: list[dict[str, np.ndarray]]
+    reference_batches: list[dict[str, np.ndarray]]
+    policy_prompts: list[str]
+    reference_prompts: list[str]
+    ref_chosen: np.ndarray | None = None
+    ref_rejected: np.ndarray | None = None
+
+
+def _pack(records, tokenizer, fmt: data.PromptFormat, packing: data.PackingConfig, seed: int,
+          on_long_response: str) -> tuple[list[dict[str, np.ndarray]], list[str]]:
+    """Batches in record order, and the rendered prompt text of each record ('' when dropped)."""
+    pairs, prompts = [], []
+    for index, record in enumerate(records):
+        pair, _ = data.encode_record(record, index, tokenizer=tokenizer, prompt_format=fmt, seed=seed,
+                                     max_length=packing.max_length, on_long_response=on_long_response)
+        pairs.append(pair)
+        prompts.append(tokenizer.decode(pair.prompt) if pair is not None else "")
+    return [b.as_dict() for b in data.pack_stream(pairs, packing)], prompts
+
+
+def prepare(records: Sequence[Mapping[str, Any]], *, tokenizer, data_config: DataConfig, eval_config: EvalConfig,
+            seed: int) -> HeldOut:
+    """Render and pack the held-out records: the policy sees the persona in the run's format (ICA
+    history or PBA profile), the reference sees the few-shot ICA prompt (official evaluation)."""
+    records = list(records)
+    if eval_config.limit is not None:
+        records = [records[i] for i in data.take_evenly(records, eval_config.limit)]
+    packing = data.PackingConfig(rows=eval_config.rows, seq_lengths=data_config.seq_lengths,
+                                 max_pairs_per_row=data_config.max_pairs_per_row)
+    evaluation = eval_config.layout == "evaluation"
+    policy_format = data.PromptFormat(kind=data_config.prompt, profile=data_config.profile, evaluation=evaluation,
+                                      history=eval_config.history)
+    reference_format = data.PromptFormat(kind="ica", evaluation=evaluation, history=eval_config.history)
+    pack = lambda fmt: _pack(records, tokenizer, fmt, packing, seed, data_config.on_long_response)  # noqa: E731
+    policy_batches, policy_prompts = pack(policy_format)
+    if reference_format == policy_format:
+        reference_batches, reference_prompts = policy_batches, policy_prompts
+    else:
+        reference_batches, reference_prompts = pack(reference_format)
+    return HeldOut(records, policy_batches, reference_batches, policy_prompts, reference_prompts)
+
+
+def score_all(batches: Sequence[Mapping[str, np.ndarray]], num_records: int,
+              score: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) summed log-probs per record (NaN where the pair was dropped)."""
+    chosen = np.full((num_records,), np.nan, np.float64)
+    rejected = np.full((num_records,), np.nan, np.float64)
+    for batch in batches:
+        c, r = score(batch)
+        valid = batch["pair_valid"]
+        source = batch["pair_source"][valid]
+        chosen[source], rejected[source] = np.asarray(c)[valid], np.asarray(r)[valid]
+    return chosen, rejected
+
+
+def score_reference(heldout: HeldOut, score) -> None:
+    heldout.ref_chosen, heldout.ref_rejected = score_all(heldout.reference_batches, len(heldout.records), score)
+
+
+def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarray) -> list[dict]:
+    """Per-record score rows (the keys of `alignx eval`'s scores.jsonl), dropped records left out."""
+    out = []
+    for i, record in enumerate(heldout.records):
+        values = (policy_chosen[i], policy_rejected[i], heldout.ref_chosen[i], heldout.ref_rejected[i])
+        if any(np.isnan(v) for v in values):
+            continue
+        out.append({"index": i, "persona": data.persona_key(record), "policy_prompt": heldout.policy_prompts[i],
+                    "reference_prompt": heldout.reference_prompts[i], "chosen": record["chosen"],
+                    "rejected": record["rejected"], "policy_chosen_logp": float(values[0]),
+                    "policy_rejected_logp": float(values[1]), "ref_chosen_logp": float(values[2]),
+                    "ref_rejected_logp": float(values[3])})
+    return out

@@ -1,0 +1,123 @@
+"""The training step: `train_step(state, batch, rng) -> (state, metrics)`, a pure function.
+
+    policy   = params                      (full fine-tuning)   | lora.merge(frozen, params)  (LoRA)
+    pi_w, pi_l   = pair_logprobs(policy, batch)                   fused kernel, scored tokens only
+    ref_w, ref_l = pair_logprobs(frozen, batch) without gradient  (frozen reference, or the LoRA base)
+                 | batch["ref_chosen"], batch["ref_rejected"]     (precomputed, from the cache)
+    loss = sum over valid pairs of loss_fn(pi_w, pi_l, ref_w, ref_l) / number of valid pairs
+
+The batch carries a leading micro-batch axis [A, ...]: gradients of the A micro-batches are summed
+inside the step (`lax.scan`) and divided by the valid pairs of all of them, so accumulation gives
+the same update as one big batch. Hyper-parameters are bound with `functools.partial` (`StepSpec`),
+never traced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from alignx_jax.models import llama, scoring
+from alignx_jax.train import lora
+from alignx_jax.train.config import LoraConfig
+
+BATCH_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids",
+              "pair_valid")
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """step int32 []; params: what is trained (the model, or the LoRA adapters); opt_state: optax's;
+    frozen: the reference model (frozen mode) or the LoRA base, None with precomputed references."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    frozen: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What the step is, fixed for a run (hashable, so it is a static argument)."""
+
+    model: llama.LlamaConfig
+    loss_fn: Callable
+    loss_hparams: tuple[tuple[str, Any], ...]  # beta included
+    reference: str  # "frozen" | "precomputed" | "lora"
+    lora: LoraConfig | None
+    num_pairs: int  # pair slots per micro-batch
+    scored_length: int  # static scored-token count per micro-batch
+    kernel_impl: str = "auto"
+
+    @property
+    def passes_token_counts(self) -> bool:
+        params = inspect.signature(self.loss_fn).parameters
+        return "chosen_tokens" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def policy_params(state: TrainState, spec: StepSpec):
+    """The parameters the policy runs with (adapters merged into the base under LoRA)."""
+    return lora.merge(state.frozen, state.params, spec.lora) if spec.reference == "lora" else state.params
+
+
+def _micro_loss(trainable, state: TrainState, micro: Mapping[str, jax.Array], spec: StepSpec):
+    """(summed loss over valid pairs, (summed metrics, valid pairs)) of one micro-batch."""
+    policy = lora.merge(state.frozen, trainable, spec.lora) if spec.reference == "lora" else trainable
+    score = lambda params, differentiable: scoring.pair_logprobs(  # noqa: E731
+        params, spec.model, micro, num_pairs=spec.num_pairs, scored_length=spec.scored_length,
+        differentiable=differentiable, kernel_impl=spec.kernel_impl)
+    pi = score(policy, True)
+    if spec.reference == "precomputed":
+        ref_chosen, ref_rejected = micro["ref_chosen"], micro["ref_rejected"]
+    else:  # the frozen reference model, or the LoRA base without adapters
+        ref = score(state.frozen, False)
+        ref_chosen, ref_rejected = ref.chosen, ref.rejected
+    extra = dict(chosen_tokens=pi.chosen_tokens, rejected_tokens=pi.rejected_tokens) if spec.passes_token_counts else {}
+    losses, metrics = spec.loss_fn(pi.chosen, pi.rejected, ref_chosen, ref_rejected, **dict(spec.loss_hparams), **extra)
+    valid = micro["pair_valid"]
+    chex.assert_equal_shape([losses, valid])
+    masked_sum = lambda x: jnp.sum(jnp.where(valid, x, 0.0))  # noqa: E731
+    sums = {name: masked_sum(value) for name, value in metrics.items() if jnp.shape(value) == valid.shape}
+    sums["scored_tokens"] = jnp.sum(pi.chosen_tokens + pi.rejected_tokens)
+    sums["tokens"] = jnp.sum(micro["segment_ids"] > 0).astype(jnp.float32)
+    return masked_sum(losses), (sums, jnp.sum(valid).astype(jnp.float32))
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *, spec: StepSpec,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule) -> tuple[TrainState, dict]:
+    """One optimizer step over the micro-batches of `batch` ([A, B, T] arrays, `pair_valid` [A, P]).
+
+    Returns the new state and scalar metrics: `loss` and TRL's `rewards/*`, `logps/*` (means over
+    valid pairs), `grad_norm` (before clipping), `lr` (of this step), `pairs`, `tokens`, `scored_tokens`.
+    `rng` is unused by the built-in losses; it is part of the signature for stochastic ones.
+    """
+    del rng
+    grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+
+    def accumulate(carry, micro):
+        grads, loss_sum, sums, pairs = carry
+        (micro_loss, (micro_sums, micro_pairs)), micro_grads = grad_fn(state.params, state, micro, spec)
+        grads = jax.tree.map(jnp.add, grads, micro_grads)
+        sums = jax.tree.map(jnp.add, sums, micro_sums)
+        return (grads, loss_sum + micro_loss, sums, pairs + micro_pairs), None
+
+    first = jax.tree.map(lambda x: x[0], batch)
+    _, (sum_shapes, _) = jax.eval_shape(lambda: _micro_loss(state.params, state, first, spec))
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)  # noqa: E731
+    carry = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32), zeros(sum_shapes),
+             jnp.zeros((), jnp.float32))
+    (grads, loss_sum, sums, pairs), _ = jax.lax.scan(accumulate, carry, batch)
+    denominator = jnp.maximum(pairs, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {name: value / denominator for name, value in sums.items() if name not in ("scored_tokens", "tokens")}
+    metrics.update(loss=loss_sum / denominator, grad_norm=optax.global_norm(grads), lr=schedule(state.step), pairs=pairs,
+                   tokens=sums["tokens"], scored_tokens=sums["scored_tokens"])
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
