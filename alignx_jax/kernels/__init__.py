@@ -8,7 +8,9 @@ Public API:
   gather_scored_tokens(mask, length), bucket_length(count, buckets), ScoredTokens
   segment_sum(values, segment_ids, num_segments)   per-response sums
   KernelConfig, IMPLS
-  attention(q, k, v, *, segment_ids, roles, positions, impl=...)   packed-rows attention, mask as structure
+  attention(q, k, v, *, segment_ids=None, roles=None, positions=None, impl=...)   packed-rows attention,
+      the mask as structure (None: plain causal); block-sparse flash attention in XLA, Pallas-Triton,
+      cuDNN or TPU splash
   packed_mask(segment_ids, roles, positions)   the same rule as a dense [B, T, T] mask (reference)
 """
 from alignx_jax.kernels._attention import ATTENTION_IMPLS, attention, packed_mask
