@@ -242,13 +242,82 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * y.astype(self.dtype)
 
 
+def _transposed(x: jax.Array) -> jax.Array:
+    """x.T, materialized on CPU.
+
+    XLA folds a transpose into the dot that reads it; on CPU a dot whose left operand contracts
+    over its major axis (the weight gradient x^T dy) then leaves the fast YNNPACK path for a
+    slower generic one (~1.3-2x on this model's shapes, see the README). The barrier keeps the
+    copy, which costs far less than the dot; other platforms fold the transpose as usual.
+    """
+    return jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
+
+
+@jax.custom_vjp
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """[M, D] @ [D, F] whose three dots (y, dx, dw) all take the fast CPU path."""
+    return jnp.dot(x, w)
+
+
+def _matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, dy):
+    x, w = residuals
+    return jnp.dot(dy, w.T).astype(x.dtype), jnp.dot(_transposed(x), dy).astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _flat_init(init):
+    """Initialize a kernel as the 2-D [inputs, outputs] matrix it is used as (DenseGeneral's draw)."""
+    def wrapped(rng, shape, dtype, *, split):
+        flat = (int(np.prod(shape[:split])), int(np.prod(shape[split:])))
+        return jnp.reshape(init(rng, flat, dtype), shape)
+    return wrapped
+
+
+class Linear(nn.Module):
+    """y = x @ kernel, contracting x's last `in_dims` axes with the kernel's first ones.
+
+    The parameters are DenseGeneral's (`kernel` [*in, *features], optional `bias` [*features]),
+    but the product runs as one 2-D matmul on [tokens, inputs] with the custom VJP above: a
+    DenseGeneral on [B, T, D] contracts B and T in the weight gradient, which XLA CPU lowers with
+    transposed copies and the slow dot path (the MLP's backward was ~3.7x its forward).
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]  # logical axes of the kernel
+    in_dims: int = 1
+    use_bias: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[-self.in_dims:]
+        init = functools.partial(_flat_init(_INIT), split=self.in_dims)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), (*in_shape, *self.features),
+                            self.param_dtype)
+        inputs, outputs = int(np.prod(in_shape)), int(np.prod(self.features))
+        y = _matmul(x.reshape(-1, inputs).astype(self.dtype), kernel.reshape(inputs, outputs).astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   self.axes[self.in_dims:]),
+                              self.features, self.param_dtype)
+            y = y + bias.reshape(outputs).astype(self.dtype)
+        return y.reshape(*x.shape[:-self.in_dims], *self.features)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE.
 
-    The mask is either structure, `packed = (segment_ids, roles)` [B, T] each (kernels.attention:
-    never a dense [B, T, T] array), or an explicit boolean `mask` [B, T, S] (True = attend). With a
-    KV cache ({'k','v'}: [B, S, K, H]) the new keys/values are written at `cache_index` and the
-    queries attend over the whole cache, as the mask allows.
+    The mask is either structure, `packed = (segment_ids, roles)` [B, T] each, or None for plain
+    causal rows (kernels.attention: never a dense [B, T, T] array), or an explicit boolean `mask`
+    [B, T, S] (True = attend). With a KV cache ({'k','v'}: [B, S, K, H]) the new keys/values are
+    written at `cache_index` and the queries attend over the whole cache, as the mask allows.
     """
 
     config: LlamaConfig
@@ -257,12 +326,9 @@ class Attention(nn.Module):
     def __call__(self, x, positions, mask, packed=None, cache=None, cache_index=None):
         c = self.config
         n, k, h = c.num_heads, c.num_kv_heads, c.resolved_head_dim
-        dense = functools.partial(nn.DenseGeneral, dtype=c.dtype, param_dtype=c.param_dtype)
-        bias_init = nn.initializers.zeros_init()
-        q = dense((n, h), use_bias=c.attention_bias, kernel_init=_param_init("embed", "heads", "head_dim"),
-                  bias_init=nn.with_logical_partitioning(bias_init, ("heads", "head_dim")), name="q_proj")(x)
-        kv = [dense((k, h), use_bias=c.attention_bias, kernel_init=_param_init("embed", "kv_heads", "head_dim"),
-                    bias_init=nn.with_logical_partitioning(bias_init, ("kv_heads", "head_dim")), name=name)(x)
+        linear = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
+        q = linear((n, h), ("embed", "heads", "head_dim"), use_bias=c.attention_bias, name="q_proj")(x)
+        kv = [linear((k, h), ("embed", "kv_heads", "head_dim"), use_bias=c.attention_bias, name=name)(x)
               for name in ("k_proj", "v_proj")]
         inv_freq = rope_inv_freq(c)
         q, key, value = apply_rope(q, positions, inv_freq), apply_rope(kv[0], positions, inv_freq), kv[1]
@@ -272,13 +338,13 @@ class Attention(nn.Module):
             key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start)
             value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start)
             new_cache = {"k": key, "v": value}
-        if packed is not None:
-            out = kernels.attention(q, key, value, segment_ids=packed[0], roles=packed[1], positions=positions,
+        if mask is None:
+            segment_ids, roles = packed if packed is not None else (None, None)
+            out = kernels.attention(q, key, value, segment_ids=segment_ids, roles=roles, positions=positions,
                                     impl=c.attention_impl)
         else:
             out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), mask=mask[:, None])
-        out = dense(c.hidden_size, axis=(-2, -1), use_bias=False,
-                    kernel_init=_param_init("heads", "head_dim", "embed"), name="o_proj")(out)
+        out = linear((c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2, name="o_proj")(out)
         return out, new_cache
 
 
@@ -290,11 +356,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        dense = functools.partial(nn.DenseGeneral, dtype=c.dtype, param_dtype=c.param_dtype, use_bias=False)
-        gate = dense(c.intermediate_size, kernel_init=_param_init("embed", "mlp"), name="gate_proj")(x)
-        up = dense(c.intermediate_size, kernel_init=_param_init("embed", "mlp"), name="up_proj")(x)
+        linear = functools.partial(Linear, dtype=c.dtype, param_dtype=c.param_dtype)
+        gate = linear((c.intermediate_size,), ("embed", "mlp"), name="gate_proj")(x)
+        up = linear((c.intermediate_size,), ("embed", "mlp"), name="up_proj")(x)
         hidden = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return dense(c.hidden_size, kernel_init=_param_init("mlp", "embed"), name="down_proj")(hidden)
+        return linear((c.hidden_size,), ("mlp", "embed"), name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):
@@ -328,9 +394,8 @@ class Llama(nn.Module):
         if attention_mask is None:
             if cache is not None:
                 raise ValueError("decoding with a KV cache needs an explicit attention_mask [B, T, S]")
-            if segment_ids is None:  # plain causal rows: one segment, every token in the prefix role
-                segment_ids = roles = jnp.ones((b, t), jnp.int32)
-            packed = (segment_ids, roles)
+            if segment_ids is not None:  # None: plain causal rows, whose tiles the kernel knows statically
+                packed = (segment_ids, roles)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_param_init("vocab", "embed"), name="embed")
         x = embed(tokens)
