@@ -45,12 +45,13 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticUsers:
-    """`data.synthetic_records`: users in mirror pairs (a persona-blind model scores 50%)."""
+    """`data.synthetic_records`: users in mirror pairs (a persona-blind model scores 50%). `seed`
+    default: the run's seed for training users, that + 1 for held-out users (never the same users)."""
 
     users: int = 0
     records_per_user: int = 4
     history_items: int = 6
-    seed: int = 0
+    seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class DataFile:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     synthetic: SyntheticUsers = SyntheticUsers()
-    heldout_synthetic: SyntheticUsers = SyntheticUsers(seed=1)
+    heldout_synthetic: SyntheticUsers = SyntheticUsers()
     files: tuple[DataFile, ...] = ()
     prompt: Literal["ica", "pba"] = "ica"
     profile: Literal["official", "golden", "precomputed"] = "official"

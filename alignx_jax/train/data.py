@@ -33,19 +33,21 @@ class Splits:
     heldout: list[dict]
 
 
-def _synthetic(users: SyntheticUsers) -> list[dict]:
+def _synthetic(users: SyntheticUsers, seed: int) -> list[dict]:
     if not users.users:
         return []
-    return data.synthetic_records(users.users, seed=users.seed, records_per_user=users.records_per_user,
+    return data.synthetic_records(users.users, seed=seed, records_per_user=users.records_per_user,
                                   history_items=users.history_items)
 
 
 def build_splits(config: DataConfig, seed: int) -> Splits:
     """The training and held-out records the config names (files are read and validated here)."""
-    if config.synthetic.users and config.heldout_synthetic.users and config.synthetic.seed == config.heldout_synthetic.seed:
+    train_seed = seed if config.synthetic.seed is None else config.synthetic.seed
+    heldout_seed = train_seed + 1 if config.heldout_synthetic.seed is None else config.heldout_synthetic.seed
+    if config.synthetic.users and config.heldout_synthetic.users and train_seed == heldout_seed:
         raise InputError(f"config keys 'data.synthetic.seed' and 'data.heldout_synthetic.seed' are both "
-                         f"{config.synthetic.seed}: held-out users would be training users")
-    train, heldout = _synthetic(config.synthetic), _synthetic(config.heldout_synthetic)
+                         f"{train_seed}: held-out users would be training users")
+    train, heldout = _synthetic(config.synthetic, train_seed), _synthetic(config.heldout_synthetic, heldout_seed)
     for file in config.files:
         records, _ = data.load_records(file.path)
         if not records:

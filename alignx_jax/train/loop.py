@@ -134,7 +134,7 @@ class _Run:
     buckets: tuple[int, ...]
 
 
-def _create_state(config: config_lib.TrainConfig, params, model: llama.LlamaConfig, mesh, optimizer):
+def create_state(config: config_lib.TrainConfig, params, model: llama.LlamaConfig, mesh, optimizer):
     """TrainState on the mesh: the optimizer state is created directly in its sharded form."""
     param_shard = train_sharding.param_shardings(model, mesh)
     repl = train_sharding.replicated(mesh)
@@ -182,11 +182,14 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     loss_fn, hparams = _loss(config)
     splits = train_data.build_splits(config.data, config.seed)
     mesh = train_sharding.make_mesh(config.mesh)
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.data.rows % data_parallel:
+        raise InputError(f"config key 'data.rows' = {config.data.rows} must be a multiple of the mesh's data x fsdp "
+                         f"= {data_parallel} (rows are split over them)")
     params, model, tokenizer = load_model(config.model, mesh, config.seed)
     train_data.check_records_fit(splits.train, tokenizer=tokenizer, config=config.data, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, config.steps)
-    with mesh:
-        state, shardings = _create_state(config, params, model, mesh, optimizer)
+    state, shardings = create_state(config, params, model, mesh, optimizer)
     pairs = train_data.packing_config(config.data, jax.process_count()).num_pair_slots * jax.process_count()
     max_tokens = config.data.rows * config.data.seq_lengths[-1]
     buckets = tuple(config.data.scored_buckets) or train_data.default_buckets(max_tokens)
@@ -225,7 +228,7 @@ def _shared_batch_scorer(run: _Run, params):
         arrays = {k: jax.make_array_from_process_local_data(row_sharding if v.ndim == 2 else pair_sharding, v)
                   for k, v in local.items()}
         length = kernels.bucket_length(scoring.scored_token_count(batch), run.buckets)
-        with run.mesh, nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+        with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
             chosen, rejected = _score(params, arrays, model=run.model, num_pairs=pairs, scored_length=length)
         return train_data.to_host(chosen), train_data.to_host(rejected)
 
@@ -327,7 +330,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     compiled_shapes, last_row, eval_rows = set(), {}, []
     reporter.start(config.steps, start_step)
     preempted = False
-    with _preemption_flag() as flag, run.mesh, nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+    with _preemption_flag() as flag, jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
         for step in range(start_step, config.steps):
             micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
             extra = None
