@@ -1,4 +1,6 @@
 """Model parity with transformers (per layer and end to end), shapes of big presets, decoding."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,3 +182,61 @@ def test_filter_logits_keeps_top_k_and_the_minimal_nucleus():
     assert kept(decoding.filter_logits(logits, 0, 0.71)) == [True, True, True, False, False]
     with pytest.raises(ValueError, match="top_p"):
         decoding.Sampling(top_p=0.0)
+
+
+# ---- packed rows through kernels.attention ------------------------------------------------------
+
+def _pair(rng, prompt_len, chosen_len, rejected_len):
+    from alignx_jax import data
+
+    ids = lambda n: rng.integers(3, 500, n).astype(np.int32)  # noqa: E731
+    return data.EncodedPair(np.concatenate([[1], ids(prompt_len - 1)]).astype(np.int32), ids(chosen_len),
+                            ids(rejected_len))
+
+
+def test_packed_rows_score_like_two_rows_and_the_dense_mask():
+    """Three pairs in one 400-token row (several 128-tiles, skipped tiles between pairs) give the
+    per-token log-probs of the plain two-row layout and of the dense-mask path within 1e-5."""
+    from alignx_jax import data
+
+    config = llama.LlamaConfig.tiny(num_heads=6, num_kv_heads=2, head_dim=16)  # GQA 3:1
+    params = llama.init_params(config, jax.random.key(3))
+    rng = np.random.default_rng(0)
+    pairs = [_pair(rng, 90, 25, 20), _pair(rng, 120, 10, 40), _pair(rng, 50, 30, 12)]
+    packed, plain = data.pack_rows([pairs], seq_len=400), data.pack_two_rows(pairs, seq_len=160)
+
+    @functools.partial(jax.jit, static_argnames="dense")
+    def logprobs(tokens, positions, segment_ids, roles, targets, dense=False):
+        if dense:
+            kw = dict(attention_mask=data.attention_mask(segment_ids, roles, positions))
+        else:
+            kw = dict(segment_ids=segment_ids, roles=roles)
+        logits = llama.forward(params, tokens, config, positions=positions, **kw)
+        return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+
+    def scored(batch, dense=False):
+        logp = np.asarray(logprobs(batch.tokens, batch.positions, batch.segment_ids, batch.roles, batch.targets,
+                                   dense=dense))
+        return [logp[getattr(batch, m) & (batch.pair_ids == p)] for p in range(3) for m in ("chosen_mask", "rejected_mask")]
+
+    for got, two_rows, dense in zip(scored(packed), scored(plain), scored(packed, dense=True)):
+        np.testing.assert_allclose(got, two_rows, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got, dense, atol=1e-5, rtol=0)
+
+
+def test_linear_keeps_dense_general_parameters():
+    """The 2-D matmul layer declares DenseGeneral's parameters (names, shapes, init draw), so
+    checkpoints and the interop table are unchanged."""
+    import flax.linen as nn
+
+    x = jnp.ones((2, 3, 8))
+    ours = llama.Linear((4, 5), ("embed", "heads", "head_dim"), use_bias=True).init(jax.random.key(0), x)
+    theirs = nn.DenseGeneral((4, 5), kernel_init=nn.initializers.normal(0.02)).init(jax.random.key(0), x)
+    ours = nn.meta.unbox(ours)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
+    np.testing.assert_array_equal(ours["params"]["kernel"], theirs["params"]["kernel"])
+    y = llama.Linear((4, 5), ("embed", "heads", "head_dim"), use_bias=True).apply(ours, x)
+    np.testing.assert_allclose(y, nn.DenseGeneral((4, 5)).apply(theirs, x), rtol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(llama.Linear((4, 5), ("a", "b", "c"), use_bias=True).apply(p, x) ** 2))(ours)
+    want = jax.grad(lambda p: jnp.sum(nn.DenseGeneral((4, 5)).apply(p, x) ** 2))(theirs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), grads, want)
