@@ -4,9 +4,19 @@
                                     tokenizer=tok, mode="ica")
     report = evaluation.summarize(rows, beta=0.1)   # accuracy, worst_persona_accuracy, per_persona, ...
 
-Both work in memory (the training loop's held-out evaluation); `alignx eval` adds the files
-(resumable scores.jsonl, report.json / report.md / plots).
+Both work in memory (the training loop's held-out evaluation); `evaluate_to_folder` (what
+`alignx eval` runs) adds the files: a resumable scores.jsonl, report.json / report.md / plots.
+`iter_generations` and the judges (`LocalJudge`, `HttpJudge`) serve win-rate studies.
 """
+from alignx_jax.evaluation._generation import PAPER_SAMPLING, generate_ids, iter_generations, prompt_ids
+from alignx_jax.evaluation._judge import (
+    HttpJudge,
+    LocalJudge,
+    judge_pairs,
+    judge_prompt,
+    pair_generations,
+    summarize_judgments,
+)
 from alignx_jax.evaluation._metrics import (
     DEFAULT_BETA,
     bootstrap_ci,
@@ -29,10 +39,15 @@ from alignx_jax.evaluation._modes import (
     persona_history,
     resolve_mode,
 )
+from alignx_jax.evaluation._report import compare, markdown, write_report
+from alignx_jax.evaluation._run import check_folder, evaluate_to_folder
 from alignx_jax.evaluation._scoring import EVAL_SEQ_LENGTHS, iter_scores, score_records
 from alignx_jax.evaluation._selection import even_quotas, persona_groups, select_indices
 
 __all__ = [
+    "PAPER_SAMPLING", "generate_ids", "iter_generations", "prompt_ids",
+    "HttpJudge", "LocalJudge", "judge_pairs", "judge_prompt", "pair_generations", "summarize_judgments",
+    "compare", "markdown", "write_report", "check_folder", "evaluate_to_folder",
     "DEFAULT_BETA", "bootstrap_ci", "breakdown", "correct", "correct_logp", "group_stats", "reward_margins",
     "row_order", "summarize", "worst_persona",
     "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaTextMode", "item_types", "persona_history",

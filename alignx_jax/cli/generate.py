@@ -1,0 +1,146 @@
+"""`alignx generate`: sampled answers for win-rate studies, or one answer to one prompt.
+
+    alignx generate --model M --data FILE --out FILE.jsonl [--limit N] ...   # resumable
+    alignx generate --model M --prompt "..."                                  # prints the answer
+
+Sampling defaults are the paper's: temperature 0.9, top-k 10, top-p 0.95, up to 512 new tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from alignx_jax.cli import eval as eval_cli
+from alignx_jax.errors import InputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="sample answers to a benchmark's posts (JSONL, resumable) or to one --prompt",
+        description="Answer each record's post with the persona in the prompt (the policy's view in `alignx eval`), "
+                    "with the paper's sampling; or answer one --prompt and print it.")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="alias, Hugging Face folder or alignx_jax folder (default: the embedded SmolLM2-135M-Instruct)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=pathlib.Path, help="AlignX records (.json / .jsonl / parquet)")
+    source.add_argument("--prompt", help="one question, answered and printed (no file written)")
+    p.add_argument("--out", type=pathlib.Path, help="with --data: FILE.jsonl (appended to; rerun to resume)")
+    p.add_argument("--mode", default="ica", choices=("ica", "pba_text"), help="how the persona enters the prompt")
+    p.add_argument("--profile", default="auto", choices=("auto", "official", "golden", "precomputed"),
+                   help="pba_text: the profile source")
+    p.add_argument("--policy-layout", default="eval", choices=("eval", "train"), help="ica: the prompt layout")
+    p.add_argument("--limit", type=int, help="N records, taken evenly across personas")
+    p.add_argument("--per-persona", type=int, help="the first N records of each persona")
+    p.add_argument("--history", type=int, help="at most N UGC + pair items per persona (default: all)")
+    p.add_argument("--persona-items", default="mixed", choices=("ugc", "pair", "demo", "mixed"))
+    p.add_argument("--temperature", type=float, default=0.9, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=10, help="0 disables")
+    p.add_argument("--top-p", type=float, default=0.95, help="1 disables")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.set_defaults(func=run)
+
+
+def _sampling(args: argparse.Namespace):
+    from alignx_jax.models import decoding
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 for greedy decoding), got {args.temperature}")
+    if args.top_k < 0:
+        raise InputError(f"--top-k must be >= 0 (0 disables it), got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
+    return decoding.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p)
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = _sampling(args)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    eval_cli.check_model_path("--model", args.model)
+    if args.prompt is not None:
+        return _answer_one(args, sampling)
+    return _answer_file(args, sampling)
+
+
+def single_prompt_messages(args: argparse.Namespace) -> list[dict]:
+    """The conversation that `--prompt` sends. Options that condition the answer on a user
+    (a persona file, preference settings) turn it into a persona prompt here."""
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty")
+    return [{"role": "user", "content": args.prompt}]
+
+
+def _answer_one(args: argparse.Namespace, sampling) -> int:
+    if args.out is not None:
+        raise InputError("--out goes with --data; --prompt prints its answer")
+    from alignx_jax import interop
+    from alignx_jax.evaluation import _generation
+
+    messages = single_prompt_messages(args)
+    tokenizer = interop.load_tokenizer(args.model)
+    params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
+    ids = _generation.prompt_ids(tokenizer, messages)
+    new = _generation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
+    if new and new[-1] in config.eos_token_ids:
+        new = new[:-1]
+    print(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return 0
+
+
+def _answer_file(args: argparse.Namespace, sampling) -> int:
+    from alignx_jax.cli._common import output_path
+    from alignx_jax.evaluation import _generation, _jsonl, _run, resolve_mode
+
+    if args.out is None:
+        raise InputError("--data needs --out FILE.jsonl")
+    for flag, value in (("--limit", args.limit), ("--per-persona", args.per_persona)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    if args.history is not None and args.history < 0:
+        raise InputError(f"--history must be >= 0, got {args.history}")
+    out = output_path(args.out, kind="file", suffixes=(".jsonl",), flag="--out")
+    records, indices = eval_cli.select_records(args.data, limit=args.limit, per_persona=args.per_persona)
+    eval_cli.check_persona_items(records, indices, args.persona_items, args.data)
+    mode = resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile)
+    if args.mode == "pba_text":
+        eval_cli.check_profiles(mode, records, indices, args.persona_items, args.data)
+    settings = {
+        "model": _run.model_fingerprint(args.model), "data": _run.file_fingerprint(args.data)["sha256"],
+        "mode": args.mode, "profile": args.profile if args.mode == "pba_text" else None,
+        "policy_layout": args.policy_layout if args.mode == "ica" else None, "history": args.history,
+        "persona_items": args.persona_items, "temperature": args.temperature, "top_k": args.top_k,
+        "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "dtype": args.dtype,
+    }
+    previous = _jsonl.read_rows(out)  # refuses a damaged file; a truncated last line is dropped below
+    if previous and previous[0].get("generation") != settings:
+        raise InputError(f"--out {out}: holds generations with other settings (or is not an `alignx generate` "
+                         f"file); give a new file, or the same settings to resume it")
+    done = {row["index"] for row in previous}
+    wanted = [i for i in indices if i not in done]
+    from alignx_jax import interop
+
+    tokenizer = interop.load_tokenizer(args.model)
+    params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
+    _jsonl.read_rows(out, repair=True)
+    print(f"generating {len(wanted)} answers ({len(done & set(indices))} already in {out})", file=sys.stderr)
+    progress = eval_cli._Progress("generating")
+    progress(0, len(wanted))
+    try:
+        with _jsonl.RowWriter(out) as writer:
+            for rows in _generation.iter_generations(
+                    records, model=(params, config), tokenizer=tokenizer, mode=mode, history=args.history,
+                    persona_items=args.persona_items, indices=indices, skip=done, sampling=sampling,
+                    batch_size=args.batch_size, seed=args.seed):
+                writer.write([{**row, "generation": settings} for row in rows])
+                progress(len(rows), len(wanted))
+    finally:
+        progress.close()
+    print(f"wrote {len(wanted)} answers to {out}")
+    return 0
