@@ -311,6 +311,47 @@ class Linear(nn.Module):
         return y.reshape(*x.shape[:-self.in_dims], *self.features)
 
 
+def _attend(q, k, v, segment_ids, roles, positions, *, impl):
+    return kernels.attention(q, k, v, segment_ids=segment_ids, roles=roles, positions=positions, impl=impl)
+
+
+def _attention_per_shard(attend, q, k, v, segment_ids, roles, positions):
+    """`attend` on each device's rows and heads when a mesh is set (`jax.set_mesh`).
+
+    GSPMD cannot split a Pallas kernel, nor the XLA kernel's loop over (row, query block) with its
+    dynamic slices, so on a mesh it would gather every row onto every device. Instead the kernel
+    runs inside `shard_map` over the mesh axes that the logical rules in effect give
+    `activation_batch` and `heads` (the model names logical axes only). An axis that does not divide
+    its dimension is left out; heads are split only when the kv heads split too, so each shard
+    keeps its GQA groups whole.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return attend(q, k, v, segment_ids, roles, positions)
+
+    def mesh_axes(logical: str, *dims: int):
+        entry = nn.logical_to_mesh_axes((logical,))[0]
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        names = tuple(name for name in names if mesh.shape[name] > 1)
+        size = int(np.prod([mesh.shape[name] for name in names]))
+        return names if names and all(d % size == 0 for d in dims) else None
+
+    batch = mesh_axes("activation_batch", q.shape[0])
+    heads = mesh_axes("heads", q.shape[2], k.shape[2])
+    P = jax.sharding.PartitionSpec
+    tensors, rows = P(batch, None, heads, None), P(batch, None)
+    structure = [a for a in (segment_ids, roles, positions) if a is not None]
+
+    def local(q, k, v, *structure):
+        seg, role, pos = structure if segment_ids is not None else (None, None, structure[0] if structure else None)
+        return attend(q, k, v, seg, role, pos)
+
+    # check_vma=False: the kernels start loop carries from zeros, which replication typing would flag.
+    return jax.shard_map(local, in_specs=(tensors,) * 3 + (rows,) * len(structure), out_specs=tensors,
+                         check_vma=False)(
+        q, k, v, *structure)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE.
 
@@ -340,8 +381,8 @@ class Attention(nn.Module):
             new_cache = {"k": key, "v": value}
         if mask is None:
             segment_ids, roles = packed if packed is not None else (None, None)
-            out = kernels.attention(q, key, value, segment_ids=segment_ids, roles=roles, positions=positions,
-                                    impl=c.attention_impl)
+            out = _attention_per_shard(functools.partial(_attend, impl=c.attention_impl), q, key, value,
+                                       segment_ids, roles, positions)
         else:
             out = jax.nn.dot_product_attention(q, key.astype(q.dtype), value.astype(q.dtype), mask=mask[:, None])
         out = linear((c.hidden_size,), ("heads", "head_dim", "embed"), in_dims=2, name="o_proj")(out)
