@@ -53,14 +53,17 @@ def is_native(folder: str | os.PathLike) -> bool:
 
 
 def save_native(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, *, tokenizer=None) -> pathlib.Path:
+    """Write the folder. With several processes every one calls it (orbax writes the sharded params
+    collectively); process 0 writes the config and tokenizer files."""
     folder = pathlib.Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(folder / PARAMS_DIR, params, force=True)
     checkpointer.wait_until_finished()
-    (folder / CONFIG_FILE).write_text(config_to_json(config))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    if jax.process_index() == 0:
+        (folder / CONFIG_FILE).write_text(config_to_json(config))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -6,10 +6,12 @@ parallelism means changing the mesh shape or this table, never model code.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alignx_jax.models import llama
 
@@ -47,22 +49,31 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     return Mesh(devices.reshape(sizes), MESH_AXES)
 
 
-def param_shardings(config: llama.LlamaConfig, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings of every parameter of `config` on `mesh`, from the logical-axis table.
+def param_specs(config: llama.LlamaConfig, mesh_shape: Mapping[str, int], rules=DEFAULT_RULES):
+    """PartitionSpecs of every parameter on a mesh of `mesh_shape` ({'data': 2, 'fsdp': 32, ...}),
+    from the logical-axis table; needs no devices (memory planning for a pod on a laptop).
 
     A mesh axis that does not divide the dimension it would shard is dropped for that parameter
     (e.g. SmolLM2's 9 heads on a tensor axis of 2 stay replicated) instead of failing to compile.
     """
     shapes = llama.param_shapes(config)
-    logical = nn.logical_to_mesh_sharding(llama.logical_axes(config), mesh, rules)
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    logical = jax.tree.map(lambda spec: nn.logical_to_mesh_axes(tuple(spec), rules), llama.logical_axes(config),
+                           is_leaf=is_spec)
 
-    def fit(shape, sharding):
-        spec = tuple(sharding.spec) + (None,) * (len(shape.shape) - len(sharding.spec))
+    def fit(shape, spec):
+        spec = tuple(spec) + (None,) * (len(shape.shape) - len(spec))
         fitted = []
         for dim, axes in zip(shape.shape, spec):
             names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+            size = int(np.prod([mesh_shape[a] for a in names])) if names else 1
             fitted.append(axes if dim % size == 0 else None)
-        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*fitted))
+        return PartitionSpec(*fitted)
 
-    return jax.tree.map(fit, shapes, logical)
+    return jax.tree.map(fit, shapes, logical, is_leaf=is_spec)
+
+
+def param_shardings(config: llama.LlamaConfig, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings of every parameter of `config` on `mesh` (see `param_specs`)."""
+    specs = param_specs(config, dict(mesh.shape), rules)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -157,6 +157,7 @@ class TrainConfig:
     log_every: int = 1
     progress: bool = True
     export_hf: bool = False  # also write out_dir/hf (transformers folder)
+    device_memory_gib: float | None = None  # when set, refuse a run whose planned memory per device exceeds it
 
     def __post_init__(self):
         _check_ranges(self)

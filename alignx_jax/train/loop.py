@@ -36,7 +36,7 @@ from alignx_jax.train import checkpoint as ckpt
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
 from alignx_jax.train import heldout as heldout_lib
-from alignx_jax.train import lora, metrics, reference_cache
+from alignx_jax.train import lora, memory, metrics, reference_cache
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
 from alignx_jax.train.step import StepSpec, TrainState, policy_params, train_step
@@ -175,6 +175,19 @@ def _check_config_matches(out_dir: pathlib.Path, config: config_lib.TrainConfig)
                          f"same config, or choose a new out_dir")
 
 
+def _check_memory(config: config_lib.TrainConfig, mesh) -> None:
+    """Refuse, before loading anything, a run planned to exceed `device_memory_gib` per device."""
+    model = model_config_of(config.model)
+    if config.device_memory_gib is None or model is None:
+        return
+    planned = memory.per_device_gib(config, model, dict(mesh.shape))
+    if planned["total"] > config.device_memory_gib:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in planned.items() if k != "total")
+        raise InputError(f"the run needs ~{planned['total']:.1f} GiB per device ({parts}), more than "
+                         f"device_memory_gib = {config.device_memory_gib}: shard more (mesh.fsdp), set model.remat, "
+                         f"lower data.rows or use reference: precomputed / lora")
+
+
 def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     train_sharding.initialize_distributed(config.distributed)
     out_dir = _check_out_dir(config)
@@ -186,6 +199,7 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     if config.data.rows % data_parallel:
         raise InputError(f"config key 'data.rows' = {config.data.rows} must be a multiple of the mesh's data x fsdp "
                          f"= {data_parallel} (rows are split over them)")
+    _check_memory(config, mesh)
     params, model, tokenizer = load_model(config.model, mesh, config.seed)
     train_data.check_records_fit(splits.train, tokenizer=tokenizer, config=config.data, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, config.steps)
@@ -323,7 +337,9 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         reference_params = frozen if frozen is not None else _start_params(run)
         heldout_lib.score_reference(held, _shared_batch_scorer(run, reference_params))
     writer = metrics.MetricsWriter(run.out_dir, resume_step=start_step) if jax.process_index() == 0 else None
-    step_fn = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"), donate_argnums=0)
+    # Metrics come back replicated, so every process can read them (multi-host too).
+    step_fn = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"), donate_argnums=0,
+                      out_shardings=(run.state_shardings, train_sharding.replicated(run.mesh)))
     row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh)
     peak = metrics.peak_flops_per_device() * jax.device_count()
     base_rng = jax.random.key(config.seed)
@@ -399,13 +415,19 @@ def _finish(run: _Run, state: TrainState, held, last_row: dict, eval_rows: list,
         "wall_time_s": time.perf_counter() - started, "reference": config.reference, "loss": config.loss,
         "model": config.model.name, "train_records": len(run.splits.train), "heldout_records": len(run.splits.heldout),
     }
+    model_dir = run.out_dir / "model"
+    export_config = run.model.replace(remat=False, attention_impl="auto")
+    # orbax writes the (sharded) parameters collectively: every process calls it.
+    interop.save_native(final_params, export_config, model_dir, tokenizer=run.tokenizer)
+    if config.export_hf:
+        host_params = jax.tree.map(train_data.to_host, final_params)  # a collective too
+        if jax.process_index() == 0:
+            interop.save_hf(host_params, export_config, run.out_dir / "hf", tokenizer=run.tokenizer)
     if jax.process_index() == 0:
-        model_dir = run.out_dir / "model"
-        export_params = jax.device_get(final_params)
-        export_config = run.model.replace(remat=False, attention_impl="auto")
-        interop.save_native(export_params, export_config, model_dir, tokenizer=run.tokenizer)
-        if config.export_hf:
-            interop.save_hf(export_params, export_config, run.out_dir / "hf", tokenizer=run.tokenizer)
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         reporter.message(f"wrote {model_dir} and {run.out_dir / 'summary.json'}")
+    if jax.process_count() > 1:  # the others wait for process 0's files, then all shut down together
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("alignx train: outputs written")
     return summary

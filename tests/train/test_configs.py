@@ -1,0 +1,80 @@
+"""Every file in configs/ parses and builds; the 8B pod and multi-GPU configs fit their devices'
+memory (planned with jax.eval_shape, no weights allocated); config errors name the key."""
+import pathlib
+
+import pytest
+
+from alignx_jax import losses
+from alignx_jax.models import llama
+from alignx_jax.train import ConfigError, config_from_dict, load_config, memory
+from alignx_jax.train.loop import model_config_of
+from alignx_jax.train.optimizer import make_optimizer
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+PLACEHOLDER = "/path/to/"
+
+
+def built_model(config):
+    """The architecture a config trains; placeholder paths of the 8B configs stand for Llama-3.1-8B."""
+    if config.model.name.startswith(PLACEHOLDER):
+        return llama.preset("llama3.1-8b", dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                            remat=config.model.remat)
+    return model_config_of(config.model)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_and_builds(path):
+    text = path.read_text()
+    assert text.startswith("#") and "Run:" in text, "each config states the command that runs it"
+    config = load_config(path)
+    losses.resolve(config.loss, {"beta": config.beta, **config.loss_hparams})
+    make_optimizer(config.optimizer, config.steps)
+    model = built_model(config)
+    if model is not None:  # the embedded GGUF's architecture is read with its weights
+        assert llama.num_params(model) > 0
+
+
+@pytest.mark.parametrize("name, devices, max_gib", [("llama3_1_8b_tpu_v5p_64.yaml", 64, 95),
+                                                    ("llama3_1_8b_8xh100.yaml", 8, 80)])
+def test_8b_configs_fit_their_devices(name, devices, max_gib):
+    config = load_config(pathlib.Path(CONFIGS[0]).parent / name)
+    mesh = {"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor}
+    assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == devices
+    planned = memory.per_device_gib(config, built_model(config), mesh)
+    assert planned["total"] < config.device_memory_gib == max_gib, planned
+    # The parameter shard is the 8.03e9 fp32 parameters over the devices (nothing replicated by mistake).
+    assert planned["trained"] == pytest.approx(8.03e9 * 4 / devices / 2**30, rel=0.02)
+
+
+def test_memory_plan_refuses_an_unsharded_8b_run():
+    config = load_config(pathlib.Path(CONFIGS[0]).parent / "llama3_1_8b_8xh100.yaml")
+    planned = memory.per_device_gib(config, built_model(config), {"data": 1, "fsdp": 1, "tensor": 1})
+    assert planned["total"] > 80  # 8B fp32 with Adam on one device cannot fit
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"setps": 3}, "unknown key 'setps'; did you mean 'steps'?"),
+    ({"optimizer": {"lr": "fast"}}, "config key 'optimizer.lr' must be float, got 'fast'"),
+    ({"optimizer": {"lrr": 1e-3}}, "unknown key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
+    ({"steps": 0}, "config key 'steps' must be >= 1, got 0"),
+    ({"reference": "frozn"}, "config key 'reference' must be one of ['frozen', 'precomputed', 'lora'], got 'frozn'; "
+                             "did you mean 'frozen'?"),
+    ({"data": {"seq_lengths": [1024, 512]}}, "'data.seq_lengths' must be strictly increasing"),
+    ({"lora": {"targets": ["q_proj", "qkv"]}}, "unknown projection(s) ['qkv']"),
+    ({"model": {"name": "random"}}, "'model.tokenizer' is required"),
+])
+def test_config_errors_name_the_key(values, message):
+    base = {"data": {"synthetic": {"users": 2}}}
+    merged = {**base, **values, "data": {**base["data"], **values.get("data", {})}}
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(merged)
+    assert message in str(error.value)
+
+
+def test_overrides_reach_nested_keys_and_parse_yaml_values():
+    config = config_from_dict({"data": {"synthetic": {"users": 2}}},
+                              ["steps=7", "optimizer.lr=1e-4", "model=smollm2-135m-instruct", "data.seq_lengths=[256, 512]"])
+    assert (config.steps, config.optimizer.lr, config.model.name, config.data.seq_lengths) == (
+        7, 1e-4, "smollm2-135m-instruct", (256, 512))
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        config_from_dict({}, ["steps"])

@@ -1,0 +1,95 @@
+"""Two processes on this machine (jax.distributed over localhost, gloo CPU collectives), each reading
+its own Grain shard, train with the same per-step losses as one process on the same global batch."""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from alignx_jax import data, interop
+from alignx_jax.models import sharding as model_sharding
+from alignx_jax.train import config_from_dict
+from alignx_jax.train import data as train_data
+from alignx_jax.train import sharding as train_sharding
+from alignx_jax.train.loop import _loss, create_state, load_model
+from alignx_jax.train.metrics import read_metrics
+from alignx_jax.train.optimizer import learning_rate, make_optimizer
+from alignx_jax.train.step import StepSpec, train_step
+
+ALIGNX = pathlib.Path(sys.executable).parent / "alignx"
+CONFIG = {
+    "seed": 0, "steps": 3, "checkpoint_every": 3, "mesh": {"fsdp": -1},
+    "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
+              "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
+    "data": {"synthetic": {"users": 8, "records_per_user": 4, "history_items": 1}, "rows": 4,
+             "seq_lengths": [512], "max_pairs_per_row": 1, "scored_buckets": [1024, 2048, 4096]},
+    "optimizer": {"lr": 1e-3, "warmup_steps": 1},
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def one_process_losses(config):
+    """The same global batch in one process: host 0's rows, then host 1's, pair ids offset by host."""
+    mesh = model_sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    params, model, tokenizer = load_model(config.model, mesh, config.seed)
+    optimizer = make_optimizer(config.optimizer, config.steps)
+    state, _ = create_state(config, params, model, mesh, optimizer)
+    packing = train_data.packing_config(config.data, 2)
+    shards = [iter(data.packed_batches(train_data.build_splits(config.data, config.seed).train, tokenizer=tokenizer,
+                                       config=packing, prompt_format=train_data.prompt_format(config.data),
+                                       seed=config.seed, num_epochs=None, shard_index=i, shard_count=2))
+              for i in range(2)]
+    loss_fn, hparams = _loss(config)
+    rows, pairs = train_sharding.batch_shardings(mesh)
+    step = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"))
+    losses = []
+    for index in range(config.steps):
+        local = [next(s).as_dict() for s in shards]
+        length = max(b["tokens"].shape[1] for b in local)
+        local = [train_data.pad_rows(b, length) for b in local]
+        slots = len(local[0]["pair_valid"])
+        local[1]["pair_ids"] = np.where(local[1]["pair_ids"] >= 0, local[1]["pair_ids"] + slots, -1).astype(np.int32)
+        merged = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
+        scored = max(int((b["chosen_mask"] | b["rejected_mask"]).sum()) for b in local) * 2
+        batch, scored_length = train_data.assemble([merged], buckets=(scored,) + tuple(config.data.scored_buckets),
+                                                   row_sharding=rows, pair_sharding=pairs)
+        spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference="frozen", lora=None,
+                        num_pairs=len(merged["pair_valid"]), scored_length=scored_length)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+            state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(config.seed), index), spec=spec,
+                                  optimizer=optimizer, schedule=learning_rate(config.optimizer, config.steps))
+        losses.append(float(metrics["loss"]))
+    return losses
+
+
+@pytest.mark.slow  # two processes start, import JAX and compile (~2 min on 2 cores)
+def test_two_processes_train_with_the_losses_of_one(tmp_path):
+    interop.load_tokenizer("smollm2-135m-instruct")  # the tokenizer cache, written once, not by both processes
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(tmp_path / "run")}))
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+    processes = [subprocess.Popen(
+        [str(ALIGNX), "train", "--config", str(config_path), "distributed.initialize=explicit",
+         f"distributed.coordinator_address=localhost:{port}", "distributed.num_processes=2",
+         f"distributed.process_id={i}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in outputs[0][1]
+    two = [row["loss"] for row in read_metrics(tmp_path / "run")]
+    one = one_process_losses(config_from_dict({**CONFIG, "out_dir": str(tmp_path / "unused")}))
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+    assert (tmp_path / "run" / "checkpoints" / "3" / "data" / "process_1-of-2.json").is_file()
