@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--rows", type=int, default=8, help="pairs per batch (at most)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (at most)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and compute dtype")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="split each batch's rows over every local device (parameters replicated)")
     p.add_argument("--compare", nargs="+", type=pathlib.Path, metavar="DIR",
                    help="print the reports of earlier runs side by side (per persona) and exit")
     p.set_defaults(func=run)
@@ -219,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
     policy = interop.load_params(args.policy, param_dtype=args.dtype, dtype=args.dtype)
     reference = policy if args.reference == args.policy else interop.load_params(
         args.reference, param_dtype=args.dtype, dtype=args.dtype)
+    batch_sharding = None
+    if args.data_parallel:
+        policy, reference, batch_sharding = _data_parallel(policy, reference)
     load_s = time.perf_counter() - start
     print(f"{'resuming' if resuming else 'scoring'} {len(records)} records of {args.data} "
           f"({args.mode}, models loaded in {load_s:.1f}s) into {args.out}", file=sys.stderr)
@@ -229,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
             args.out, records, indices, run=run_info, beta=args.beta, progress=progress, policy=policy,
             reference=reference, tokenizer=tokenizer, reference_tokenizer=reference_tokenizer, mode=mode,
             history=history, persona_items=args.persona_items, rows=args.rows, seq_lengths=seq_lengths,
-            batch_tokens=args.batch_tokens)
+            batch_tokens=args.batch_tokens, batch_sharding=batch_sharding)
     finally:
         progress.close()
     timing = report["timing"]
@@ -239,6 +244,19 @@ def run(args: argparse.Namespace) -> int:
           f"{timing['records_scored_now']} scored now, {timing['records_resumed']} resumed; "
           f"report in {args.out / 'report.md'}")
     return 0
+
+
+def _data_parallel(policy, reference):
+    """Parameters replicated on every local device and a row sharding for the batches."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.local_devices()), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    place = lambda model: (jax.device_put(model[0], replicated), model[1])  # noqa: E731
+    placed = place(policy)
+    return placed, placed if reference is policy else place(reference), NamedSharding(mesh, PartitionSpec("data"))
 
 
 def _compare(folders: list[pathlib.Path]) -> int:

@@ -125,7 +125,8 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, beta: float = DEFAULT_BETA,
     `reward_margin`, `worst_persona`, `worst_persona_accuracy`, `worst_persona_logp`,
     `worst_persona_accuracy_logp`, `beta`, and the breakdowns `per_persona`, `per_item_type` and
     `per_history_size` ({key: {n, accuracy, accuracy_logp, ci, ci_logp, reward_margin, ...}};
-    item-type and history-size groups carry their own worst persona).
+    item-type and history-size groups carry their own worst persona; a breakdown is {} when the
+    rows lack its key, `item_types` / `history_size`).
 
     Rows are sorted by (index, history) first, so the result does not depend on the order in
     which they were scored. When the rows hold several history settings (a `history=[0, 2, 8]`
@@ -141,11 +142,11 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, beta: float = DEFAULT_BETA,
     per_persona = breakdown(headline, _persona, beta=beta, num_bootstrap=num_bootstrap, with_worst_persona=False)
     report = {"beta": beta, **group_stats(headline, beta=beta, num_bootstrap=num_bootstrap), **worst_persona(per_persona)}
     report["per_persona"] = per_persona
-    report["per_item_type"] = breakdown(headline, lambda r: r.get("item_types", ""), beta=beta,
-                                        num_bootstrap=num_bootstrap)
-    by_size = sorted(rows, key=lambda r: (r.get("history_size", -1), row_order(r)))
-    report["per_history_size"] = breakdown(by_size, lambda r: r.get("history_size", ""), beta=beta,
-                                           num_bootstrap=num_bootstrap)
+    # Rows from elsewhere (the trainer's held-out rows) may lack these keys: their breakdowns are empty.
+    typed = [r for r in headline if "item_types" in r]
+    report["per_item_type"] = breakdown(typed, lambda r: r["item_types"], beta=beta, num_bootstrap=num_bootstrap)
+    sized = sorted((r for r in rows if "history_size" in r), key=lambda r: (r["history_size"], row_order(r)))
+    report["per_history_size"] = breakdown(sized, lambda r: r["history_size"], beta=beta, num_bootstrap=num_bootstrap)
     if len(settings) > 1:
         report["history_settings"] = ["all" if s == float("inf") else int(s) for s in sorted(settings)]
     return report

@@ -117,8 +117,17 @@ def _encode(record: Mapping[str, Any], index: int, cap: int | None, position: in
     return _Encoded(position, policy, reference, record, row)
 
 
-def _rows_for(seq_len: int, rows: int, batch_tokens: int) -> int:
-    return max(1, min(rows, batch_tokens // seq_len))
+def _rows_for(seq_len: int, rows: int, batch_tokens: int, multiple: int = 1) -> int:
+    fit = max(1, min(rows, batch_tokens // seq_len))
+    return -(-fit // multiple) * multiple
+
+
+def _row_shards(sharding: jax.sharding.Sharding | None) -> int:
+    """How many pieces a sharding cuts the batch's row axis into (rows must be a multiple of it)."""
+    if sharding is None:
+        return 1
+    n = sharding.num_devices
+    return len({index[0].indices(n) for index in sharding.devices_indices_map((n, 1)).values()})
 
 
 def _scored_buckets(limit: int) -> tuple[int, ...]:
@@ -187,6 +196,7 @@ def iter_scores(
     work = [(record, int(index), cap) for cap in _histories(history) for record, index in zip(records, indices)
             if (int(index), cap) not in skip]
     same_model = _same_model(policy, reference)
+    row_multiple = _row_shards(batch_sharding)
     score = lambda params, config, arrays, scored_length, num_rows: _pair_logprobs(  # noqa: E731
         params, config, arrays, num_pairs=num_rows, scored_length=scored_length, differentiable=False,
         kernel_impl=kernel_impl)
@@ -200,7 +210,10 @@ def iter_scores(
         i = 0
         while i < len(chunk):
             seq_len = data.PackingConfig(rows=1, seq_lengths=seq_lengths).bucket(chunk[i].length)
-            num_rows = _rows_for(seq_len, rows, batch_tokens)
+            num_rows = _rows_for(seq_len, rows, batch_tokens, row_multiple)
+            left = len(chunk) - i
+            if left < num_rows:  # the last batch: a power of two of rows, not a full batch of empty ones
+                num_rows = min(num_rows, -(-(1 << (left - 1).bit_length()) // row_multiple) * row_multiple)
             group = chunk[i:i + num_rows]
             i += num_rows
             policy_arrays, policy_scored = _pack([e.policy for e in group], seq_lengths, num_rows)
@@ -271,7 +284,8 @@ def score_records(
         row lengths from `seq_lengths` (the largest is the per-pair token budget; longer prompts
         lose history items, then are left-truncated, and the row says `truncated`).
       batch_sharding: a `jax.sharding.Sharding` for the [rows, T] batch arrays (e.g.
-        `NamedSharding(mesh, P("data"))`; rows must divide over it); params keep their own.
+        `NamedSharding(mesh, P("data"))`; the rows per batch are rounded up to a multiple of its
+        row shards); params keep their own (replicated, or the model's sharding rules).
       progress: called with the number of records each finished batch scored.
 
     Returns:

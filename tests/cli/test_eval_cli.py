@@ -168,7 +168,9 @@ def test_killed_process_resumes_to_the_same_report(work, full_run):
 
 def test_compare_prints_runs_side_by_side(work, full_run, capsys):
     other = work["root"] / "per_persona_5"
-    assert cli.main(eval_args(work, other, "--per-persona", "5", "--mode", "pba_text", "--rows", "1")) == 0
+    data_parallel = ("--data-parallel",) if jax.local_device_count() > 1 else ()  # 4 CPU devices in tests
+    assert cli.main(eval_args(work, other, "--per-persona", "5", "--mode", "pba_text", "--rows", "1",
+                              *data_parallel)) == 0
     capsys.readouterr()
     assert cli.main(["eval", "--compare", str(full_run), str(other)]) == 0
     table = capsys.readouterr().out

@@ -73,3 +73,10 @@ def test_history_sweep_headline_uses_the_largest_setting():
     assert report["n"] == 4 and report["accuracy"] == 1.0
     assert report["per_history_size"]["0"]["accuracy"] == 0.0 and report["per_history_size"]["4"]["accuracy"] == 1.0
     assert report["history_settings"] == [0, "all"]
+
+
+def test_rows_without_breakdown_keys_give_empty_breakdowns():
+    rows = [row(-1.0, -2.0, -1.5, -1.5, persona=f"p{i % 2}", index=i) for i in range(4)]
+    report = evaluation.summarize(rows)
+    assert report["per_item_type"] == {} and report["per_history_size"] == {}
+    assert report["accuracy"] == 1.0 and set(report["per_persona"]) == {"p0", "p1"}

@@ -103,6 +103,10 @@ def test_sharded_batches_equal_unsharded(records, tiny_models, byte_tokenizer):
     kwargs = dict(policy=policy, reference=reference, tokenizer=byte_tokenizer, rows=4, batch_tokens=4096)
     sharded = evaluation.score_records(records, **kwargs, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
     np.testing.assert_allclose(logps(sharded), logps(evaluation.score_records(records, **kwargs)), rtol=1e-5, atol=1e-4)
+    # Rows per batch round up to the 4 row shards (3 -> 4).
+    odd = evaluation.score_records(records, **{**kwargs, "rows": 3},
+                                   batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
+    np.testing.assert_allclose(logps(odd), logps(sharded), rtol=1e-5, atol=1e-4)
 
 
 def test_history_sweep_and_persona_items(records, tiny_models, byte_tokenizer):
