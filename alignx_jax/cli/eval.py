@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--rows", type=int, default=8, help="pairs per batch (at most)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (at most)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and compute dtype")
+    p.add_argument("--kernel-impl", default="auto", choices=("auto", "xla", "pallas_gpu", "pallas_tpu"),
+                   help="the fused log-prob kernel (auto: Pallas on TPU/GPU, XLA elsewhere)")
     p.add_argument("--data-parallel", action="store_true",
                    help="split each batch's rows over every local device (parameters replicated)")
     p.add_argument("--compare", nargs="+", type=pathlib.Path, metavar="DIR",
@@ -234,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             args.out, records, indices, run=run_info, beta=args.beta, progress=progress, policy=policy,
             reference=reference, tokenizer=tokenizer, reference_tokenizer=reference_tokenizer, mode=mode,
             history=history, persona_items=args.persona_items, rows=args.rows, seq_lengths=seq_lengths,
-            batch_tokens=args.batch_tokens, batch_sharding=batch_sharding)
+            batch_tokens=args.batch_tokens, batch_sharding=batch_sharding, kernel_impl=args.kernel_impl)
     finally:
         progress.close()
     timing = report["timing"]
