@@ -14,38 +14,42 @@ from alignx_jax.errors import InputError
 def read_rows(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
     """The complete rows of a JSONL file ([] when it does not exist).
 
-    A last line without its newline, or that does not parse, is the row a killed run was writing:
-    it is dropped (and cut from the file when `repair`). A bad line before the last is damage,
-    not an interruption, and raises `InputError` naming the line.
+    The last row may be cut short (a killed run was writing it): when it does not parse it is
+    dropped, and cut from the file when `repair` (a last row that parses but lacks its newline is
+    kept, and `repair` adds the newline). A bad line before the last is damage, not an
+    interruption, and raises `InputError` naming the line.
     """
     path = pathlib.Path(path)
     if not path.exists():
         return []
     raw = path.read_bytes()
-    rows, good_end, offset = [], 0, 0
     lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        end = offset + len(line) + 1  # the newline
-        complete = number < len(lines)  # the piece after the last newline has none
+    tail = lines.pop()  # what follows the last newline: b"" when the file ends with one
+    last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
+    if tail.strip():
+        lines.append(tail)
+        last = len(lines) - 1
+    rows, keep, offset = [], len(raw), 0
+    for number, line in enumerate(lines):
         if line.strip():
             try:
-                value = json.loads(line) if complete else None
+                value = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                if number < len(lines) - 1 or (number == len(lines) - 1 and lines[-1].strip()):
-                    raise InputError(f"{path}: line {number} is not a JSON row ({error}); the file is damaged, "
+                if number != last:
+                    raise InputError(f"{path}: line {number + 1} is not a JSON row ({error}); the file is damaged, "
                                      f"not merely interrupted") from None
-                value = None
-            if value is None:
+                keep = offset  # the row a killed run was writing
                 break
             if not isinstance(value, dict):
-                raise InputError(f"{path}: line {number} is not a JSON object")
+                raise InputError(f"{path}: line {number + 1} is not a JSON object")
             rows.append(value)
-        if complete:
-            good_end = end
-        offset = end
-    if repair and good_end < len(raw):
+        offset += len(line) + 1
+    if repair and keep < len(raw):
         with path.open("r+b") as f:
-            f.truncate(good_end)
+            f.truncate(keep)
+    elif repair and tail.strip():
+        with path.open("ab") as f:
+            f.write(b"\n")
     return rows
 
 
