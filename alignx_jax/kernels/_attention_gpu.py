@@ -44,16 +44,20 @@ def cudnn_attention(q, k, v, segment_ids, roles, positions):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
 
 
+# HIGHEST: Triton would run float32 dots as TF32 by default (bf16 inputs are unaffected).
+_dot = functools.partial(jax.lax.dot_general, preferred_element_type=_F32, precision=jax.lax.Precision.HIGHEST)
+
+
 def _dot_nt(a, b):
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=_F32)
+    return _dot(a, b, (((1,), (1,)), ((), ())))
 
 
 def _dot_nn(a, b):
-    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=_F32)
+    return _dot(a, b, (((1,), (0,)), ((), ())))
 
 
 def _dot_tn(a, b):
-    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=_F32)
+    return _dot(a, b, (((0,), (0,)), ((), ())))
 
 
 def _tile_mask(struct_refs, q0, k0, bq, bk, length):
