@@ -145,9 +145,9 @@ def test_bad_input_names_the_problem(kwargs, error, message):
         kernels.token_logprobs(call.pop("hidden"), call.pop("w"), call.pop("labels"), call.pop("valid"), **call)
 
 
-def test_auto_picks_the_xla_loop_on_cpu_and_pallas_elsewhere(monkeypatch):
+def test_auto_picks_pallas_on_tpu_and_the_xla_loop_elsewhere(monkeypatch):
     assert kernels.KernelConfig().resolved().impl == "xla"
-    for backend, impl in (("tpu", "pallas_tpu"), ("gpu", "pallas_gpu")):
+    for backend, impl in (("tpu", "pallas_tpu"), ("gpu", "xla")):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         resolved = kernels.KernelConfig(block_vocab=256).resolved()
         assert (resolved.impl, resolved.block_vocab) == (impl, 256)
