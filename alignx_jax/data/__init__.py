@@ -18,8 +18,10 @@ from alignx_jax.data._packing import (
     pack_two_rows,
     pair_sums,
 )
+from alignx_jax.data._persona_items import PersonaItems, cap_history, pad_items, persona_items
 from alignx_jax.data._pipeline import PackedBatchDataset, PromptFormat, encode_record, packed_batches
 from alignx_jax.data._rendering import (
+    SOFT_SLOT,
     ChatPrompt,
     History,
     chat_text,
@@ -31,6 +33,7 @@ from alignx_jax.data._rendering import (
     record_profile,
     reference_prompt,
     sample_history,
+    soft_profile,
     ugc_section,
 )
 from alignx_jax.data._sources import (
@@ -62,9 +65,10 @@ def __getattr__(name):
 __all__ = [
     "CHOSEN", "DEFAULT_SEQ_LENGTHS", "PAD", "PROMPT", "REJECTED", "EncodedPair", "PackedBatch", "PackingConfig",
     "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows", "pair_sums",
+    "PersonaItems", "cap_history", "pad_items", "persona_items",
     "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
-    "pba_prompt", "record_profile", "reference_prompt", "sample_history", "ugc_section",
+    "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
     "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
     "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
     "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from alignx_jax.data._rendering import ChatPrompt, History, chat_text
+from alignx_jax.data._rendering import SOFT_SLOT, ChatPrompt, History, chat_text
 
 PAD, PROMPT, CHOSEN, REJECTED = 0, 1, 2, 3
 LONG_RESPONSE_POLICIES = ("drop", "truncate")
@@ -38,12 +38,15 @@ DEFAULT_SEQ_LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 @dataclasses.dataclass(frozen=True)
 class EncodedPair:
     """Token ids of one pair: `prompt` starts with BOS, each response ends with EOS unless truncated.
-    `source` is the record's index in its source (-1 when unknown)."""
+    `source` is the record's index in its source (-1 when unknown). `slots`: for a prompt rendered
+    with soft slots (`data.SOFT_SLOT`), int32 [K], the prompt position of slot k (-1 when a
+    left-truncation cut it); None for a plain prompt."""
 
     prompt: np.ndarray
     chosen: np.ndarray
     rejected: np.ndarray
     source: int = -1
+    slots: np.ndarray | None = None
 
     @property
     def packed_length(self) -> int:
@@ -72,11 +75,29 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def _prompt_ids(tokenizer: Any, prompt: ChatPrompt) -> list[int]:
-    ids = _ids(tokenizer, chat_text(tokenizer, prompt))
+    return _prompt_ids_and_slots(tokenizer, prompt)[0]
+
+
+def _prompt_ids_and_slots(tokenizer: Any, prompt: ChatPrompt) -> tuple[list[int], list[int] | None]:
+    """Prompt ids, and the positions of its soft slots (None when the prompt has no `SOFT_SLOT`).
+
+    The text between slot markers is tokenized piece by piece and each marker becomes one position
+    holding the EOS id (a placeholder: the model reads a soft token there, the reference its embedding).
+    """
+    text = chat_text(tokenizer, prompt)
     bos = tokenizer.bos_token_id
+    if SOFT_SLOT not in text:
+        ids, slots = _ids(tokenizer, text), None
+    else:
+        pieces = text.split(SOFT_SLOT)
+        ids, slots = _ids(tokenizer, pieces[0]), []
+        for piece in pieces[1:]:
+            slots.append(len(ids))
+            ids += [tokenizer.eos_token_id] + _ids(tokenizer, piece)
     if bos is not None and (not ids or ids[0] != bos):
         ids = [bos] + ids
-    return ids
+        slots = None if slots is None else [p + 1 for p in slots]
+    return ids, slots
 
 
 def encode_pair(
@@ -117,19 +138,22 @@ def encode_pair(
         stats.responses_truncated += int(len(chosen_ids) > cap_chosen) + int(len(rejected_ids) > cap_rejected)
         chosen_ids, rejected_ids = chosen_ids[:cap_chosen], rejected_ids[:cap_rejected]
     prompt_budget = max_length - 1 - len(chosen_ids) - len(rejected_ids)
-    prompt_ids = _prompt_ids(tokenizer, render(history))
+    prompt_ids, slots = _prompt_ids_and_slots(tokenizer, render(history))
     while len(prompt_ids) > prompt_budget and history.num_items:
         history = history.without_last_item()
         stats.history_items_dropped += 1
-        prompt_ids = _prompt_ids(tokenizer, render(history))
+        prompt_ids, slots = _prompt_ids_and_slots(tokenizer, render(history))
     if len(prompt_ids) > prompt_budget:
         cut = len(prompt_ids) - prompt_budget
         prompt_ids = prompt_ids[:1] + prompt_ids[1 + cut :]
+        if slots is not None:
+            slots = [p - cut if p >= 1 + cut else -1 for p in slots]
         stats.prompts_left_truncated += 1
         stats.prompt_tokens_cut += cut
     stats.pairs += 1
     as_array = lambda ids: np.asarray(ids, dtype=np.int32)  # noqa: E731
-    return EncodedPair(as_array(prompt_ids), as_array(chosen_ids), as_array(rejected_ids), source)
+    return EncodedPair(as_array(prompt_ids), as_array(chosen_ids), as_array(rejected_ids), source,
+                       None if slots is None else as_array(slots))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +164,9 @@ class PackedBatch:
     from 1; 0 = padding), roles int32 (PAD / PROMPT / CHOSEN / REJECTED), targets int32
     (= tokens[t+1] where scored, else 0), chosen_mask / rejected_mask bool (position t scores the
     response token at t+1), pair_ids int32 (index of the pair in the batch, -1 on padding) and
-    pair_valid bool (which pair slots hold a pair).
+    pair_valid bool (which pair slots hold a pair). `soft_slots` int32 [B, T] only when the prompts
+    were rendered with soft slots: the slot index k at a prompt's slot positions, -1 elsewhere
+    (None otherwise, and then absent from `as_dict`).
     """
 
     tokens: np.ndarray
@@ -153,13 +179,26 @@ class PackedBatch:
     pair_ids: np.ndarray
     pair_valid: np.ndarray
     pair_source: np.ndarray
+    soft_slots: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.tokens.shape
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _soft_slots(pairs: Sequence[EncodedPair], rows: int, seq_len: int) -> np.ndarray | None:
+    """-1 filled [rows, T] when any pair has soft slots (filled by `_place_slots`), else None."""
+    return np.full((rows, seq_len), -1, np.int32) if any(p.slots is not None for p in pairs) else None
+
+
+def _place_slots(soft_slots: np.ndarray | None, row: int, start: int, pair: EncodedPair) -> None:
+    if soft_slots is not None and pair.slots is not None:
+        for k, position in enumerate(pair.slots):
+            if position >= 0:
+                soft_slots[row, start + position] = k
 
 
 def _empty(rows: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -196,6 +235,7 @@ def pack_rows(
     if len(rows_of_pairs) > num_rows or total > num_pair_slots:
         raise ValueError(f"{len(rows_of_pairs)} rows / {total} pairs exceed {num_rows} rows / {num_pair_slots} pair slots")
     a = _empty(num_rows, seq_len)
+    soft_slots = _soft_slots([p for pairs in rows_of_pairs for p in pairs], num_rows, seq_len)
     source = np.full((num_pair_slots,), -1, np.int32)
     pair = 0
     for row, pairs in enumerate(rows_of_pairs):
@@ -205,6 +245,7 @@ def pack_rows(
                 raise ValueError(f"row {row}: pairs need {start + p.packed_length} tokens, more than seq_len {seq_len}")
             n_p, n_c, n_r = len(p.prompt), len(p.chosen), len(p.rejected)
             _place(a, row, start, p.prompt, np.arange(n_p), PROMPT, segment, pair, None, 0)
+            _place_slots(soft_slots, row, start, p)
             # Chosen scoring starts at the prompt's last position, which predicts c0.
             a["targets"][row, start + n_p - 1] = p.chosen[0]
             a["chosen_mask"][row, start + n_p - 1] = True
@@ -216,7 +257,7 @@ def pack_rows(
             start += p.packed_length
             pair += 1
     pair_valid = np.arange(num_pair_slots) < total
-    return PackedBatch(**a, pair_valid=pair_valid, pair_source=source)
+    return PackedBatch(**a, pair_valid=pair_valid, pair_source=source, soft_slots=soft_slots)
 
 
 def pack_two_rows(pairs: Sequence[EncodedPair], *, seq_len: int, num_pair_slots: int | None = None) -> PackedBatch:
@@ -225,6 +266,7 @@ def pack_two_rows(pairs: Sequence[EncodedPair], *, seq_len: int, num_pair_slots:
     if len(pairs) > n:
         raise ValueError(f"{len(pairs)} pairs exceed {n} pair slots")
     a = _empty(2 * n, seq_len)
+    soft_slots = _soft_slots(pairs, 2 * n, seq_len)
     source = np.full((n,), -1, np.int32)
     for i, p in enumerate(pairs):
         source[i] = p.source
@@ -234,7 +276,8 @@ def pack_two_rows(pairs: Sequence[EncodedPair], *, seq_len: int, num_pair_slots:
                 raise ValueError(f"pair {i}: {len(ids)} tokens exceed seq_len {seq_len}")
             _place(a, row, 0, ids, np.arange(len(ids)), role, 1, i, mask, len(p.prompt))
             a["roles"][row, : len(p.prompt)] = PROMPT
-    return PackedBatch(**a, pair_valid=np.arange(n) < len(pairs), pair_source=source)
+            _place_slots(soft_slots, row, 0, p)
+    return PackedBatch(**a, pair_valid=np.arange(n) < len(pairs), pair_source=source, soft_slots=soft_slots)
 
 
 def attention_mask(segment_ids, roles, positions):

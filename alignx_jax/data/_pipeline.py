@@ -29,13 +29,16 @@ class PromptFormat:
     kind "ica" (history as text) or "pba" (a profile of preference labels); `evaluation` picks the
     evaluation layout (`**Post:**` header; ICA adds demographics); `history` "sampled" is the
     official training draw, "full" every item (evaluation, few-shot reference); `profile` is the
-    PBA profile source ("official", "golden", "precomputed").
+    PBA profile source ("official", "golden", "precomputed"). `soft_tokens` K > 0 (kind "pba"
+    only): the profile is K soft slots (`soft_profile`) instead of text, for a policy conditioned by
+    soft preference tokens (the pairs carry `slots`, the batches `soft_slots`).
     """
 
     kind: str = "ica"
     evaluation: bool = False
     history: str = "sampled"
     profile: str = "official"
+    soft_tokens: int = 0
 
     def __post_init__(self):
         if self.kind not in PERSONA_KINDS:
@@ -44,6 +47,9 @@ class PromptFormat:
             raise ValueError(f"history must be one of {HISTORY_MODES}, got {self.history!r}")
         if self.profile not in rendering.PROFILE_MODES:
             raise ValueError(f"profile must be one of {rendering.PROFILE_MODES}, got {self.profile!r}")
+        if self.soft_tokens < 0 or (self.soft_tokens and self.kind != "pba"):
+            raise ValueError(f"soft_tokens must be >= 0, and > 0 only with kind 'pba'; got {self.soft_tokens} "
+                             f"with kind {self.kind!r}")
 
     def persona(
         self, record: Mapping[str, Any], rng: np.random.Generator
@@ -55,7 +61,9 @@ class PromptFormat:
             history = rendering.full_history(record)
         prompt = record[prefs.PROMPT]
         if self.kind == "pba":
-            text = rendering.pba_prompt(prompt, rendering.record_profile(record, history, self.profile), evaluation=self.evaluation)
+            profile = (rendering.soft_profile(self.soft_tokens) if self.soft_tokens
+                       else rendering.record_profile(record, history, self.profile))
+            text = rendering.pba_prompt(prompt, profile, evaluation=self.evaluation)
             # The profile is fixed once drawn: there is no history left to shorten.
             return rendering.History(), lambda _: text
         layout = rendering.ica_eval_prompt if self.evaluation else rendering.ica_train_prompt

@@ -23,6 +23,10 @@ UGC_HEADER = "**This person has commented on some posts:**\n\n"
 PAIR_HEADER = "**This person has chosen or rejected comments on some posts:**\n\n"
 MAX_SAMPLED_ITEMS = 4  # the official training draw: 0..4 UGC items and 0..4 pairs
 PROFILE_MODES = ("official", "golden", "precomputed")
+# One soft prompt slot (a private-use character no tokenizer sees): `soft_profile(k)` stands where the
+# PBA profile text goes, and tokenization turns each of these characters into one slot position whose
+# embedding the model replaces with a soft preference token (`data.PackedBatch.soft_slots`).
+SOFT_SLOT = "\ue000"
 
 
 class ChatPrompt(NamedTuple):
@@ -126,6 +130,14 @@ def pba_prompt(prompt: str, profile: str, *, evaluation: bool) -> ChatPrompt:
     """PBA layout: `{prompt}\\n\\n` as the task in training, `**Post:**\\n{prompt}\\n\\n` in evaluation."""
     task = f"**Post:**\n{prompt}\n\n" if evaluation else f"{prompt}\n\n"
     return ChatPrompt(SYSTEM_PBA, f"***Task***\n\n{task}***User Preferences***\n\n{profile}\n\n***Response:***\n\n")
+
+
+def soft_profile(num_slots: int) -> str:
+    """The PBA `{profile}` for soft conditioning: `num_slots` slot markers, each one model input
+    position that receives a soft preference token instead of a token embedding."""
+    if num_slots < 1:
+        raise ValueError(f"soft conditioning needs at least one slot, got {num_slots}")
+    return SOFT_SLOT * num_slots
 
 
 def record_profile(record: Mapping[str, Any], history: History, mode: str) -> str:

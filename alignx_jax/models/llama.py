@@ -426,7 +426,7 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, attention_mask=None, cache=None, cache_index=None,
-                 return_hidden=False, segment_ids=None, roles=None):
+                 return_hidden=False, segment_ids=None, roles=None, input_embeddings=None):
         c = self.config
         b, t = tokens.shape
         if positions is None:
@@ -439,7 +439,9 @@ class Llama(nn.Module):
                 packed = (segment_ids, roles)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
                          embedding_init=_param_init("vocab", "embed"), name="embed")
-        x = embed(tokens)
+        # input_embeddings [B, T, D] replace the token lookup (soft prompt tokens); the embedding table
+        # is still the module's (the tied LM head reads it).
+        x = embed(tokens) if input_embeddings is None else input_embeddings.astype(c.dtype)
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
         layer = DecoderLayer
         if c.remat:
@@ -484,8 +486,12 @@ def num_params(config: LlamaConfig) -> int:
 
 def forward(params: dict, tokens: jax.Array, config: LlamaConfig, *, positions: jax.Array | None = None,
             attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
-            roles: jax.Array | None = None, return_hidden: bool = False) -> jax.Array:
+            roles: jax.Array | None = None, return_hidden: bool = False,
+            input_embeddings: jax.Array | None = None) -> jax.Array:
     """Logits [B, T, V] (or final-normed hidden states [B, T, D]) of int32 tokens [B, T].
+
+    input_embeddings: optional [B, T, D], used instead of the embedding lookup of `tokens` (soft
+    prompt tokens; `embed_tokens` gives the lookup to start from). Everything else is unchanged.
 
     positions: int32 [B, T] (default 0..T-1). The mask, one of: `segment_ids` and `roles` int32
     [B, T] (packed rows, the structured rule of `kernels.attention`; `data.PackedBatch` carries
@@ -499,14 +505,25 @@ def forward(params: dict, tokens: jax.Array, config: LlamaConfig, *, positions: 
             raise ValueError("forward: give either attention_mask or segment_ids/roles, not both")
     if (segment_ids is None) != (roles is None):
         raise ValueError("forward: segment_ids and roles go together")
+    if input_embeddings is not None:
+        chex.assert_shape(input_embeddings, (*tokens.shape, config.hidden_size))
     out, _ = Llama(config).apply({"params": params}, tokens, positions, attention_mask, return_hidden=return_hidden,
-                                 segment_ids=segment_ids, roles=roles)
+                                 segment_ids=segment_ids, roles=roles, input_embeddings=input_embeddings)
     return out
 
 
-def forward_with_cache(params, tokens, config: LlamaConfig, *, positions, attention_mask, cache, cache_index):
-    """One decoding step: logits [B, T, V] and the updated cache. attention_mask: [B, T, S]."""
-    return Llama(config).apply({"params": params}, tokens, positions, attention_mask, cache, cache_index)
+def embed_tokens(params: dict, tokens: jax.Array, config: LlamaConfig) -> jax.Array:
+    """The embedding lookup of int32 tokens [B, T] -> [B, T, D] in the compute dtype (what `forward`
+    feeds the first layer when no `input_embeddings` are given)."""
+    return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(config.dtype)
+
+
+def forward_with_cache(params, tokens, config: LlamaConfig, *, positions, attention_mask, cache, cache_index,
+                       input_embeddings=None):
+    """One decoding step: logits [B, T, V] and the updated cache. attention_mask: [B, T, S];
+    input_embeddings: optional [B, T, D] instead of the lookup of `tokens` (a soft-prompt prefill)."""
+    return Llama(config).apply({"params": params}, tokens, positions, attention_mask, cache, cache_index,
+                               input_embeddings=input_embeddings)
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:

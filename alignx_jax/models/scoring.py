@@ -38,8 +38,28 @@ def scored_token_count(batch: Mapping[str, chex.Array]) -> int:
     return int((batch["chosen_mask"] | batch["rejected_mask"]).sum())
 
 
+def soft_prompt_embeddings(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array],
+                           soft_tokens: chex.Array) -> chex.Array:
+    """The decoder's input embeddings [B, T, D] of a packed batch with soft prompt tokens in its slots.
+
+        x[b, t] = soft_tokens[pair_ids[b, t], soft_slots[b, t]]   where soft_slots[b, t] >= 0
+                = embed(tokens[b, t])                              elsewhere
+
+    soft_tokens: [P, K, D], pair p's K virtual tokens (e.g. `bridge.soft_tokens`); the batch's
+    `soft_slots` [B, T] (from `data.pack_rows`) says which slot k a prompt position holds, -1 elsewhere.
+    Gradients flow into `soft_tokens` (and into the embedding table at the other positions).
+    """
+    chex.assert_rank(soft_tokens, 3)
+    slots, pairs = batch["soft_slots"], batch["pair_ids"]
+    num_pairs, k = soft_tokens.shape[:2]
+    gathered = soft_tokens[jnp.clip(pairs, 0, num_pairs - 1), jnp.clip(slots, 0, k - 1)]  # [B, T, D]
+    x = llama.embed_tokens(params, batch["tokens"], config)
+    return jnp.where((slots >= 0)[..., None], gathered.astype(x.dtype), x)
+
+
 def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array], *, num_pairs: int,
-                  scored_length: int, differentiable: bool = True, kernel_impl: str = "auto") -> PairLogprobs:
+                  scored_length: int, differentiable: bool = True, kernel_impl: str = "auto",
+                  soft_tokens: chex.Array | None = None) -> PairLogprobs:
     """Per-pair summed log-probs of the chosen and rejected responses of a packed batch.
 
     Args:
@@ -50,10 +70,14 @@ def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, c
         drops tokens: choose L on the host with `scored_token_count` and `kernels.bucket_length`).
       differentiable: False runs the forward-only kernel (a frozen reference model).
       kernel_impl: `kernels.token_logprobs`'s impl.
+      soft_tokens: optional [P, K, D] soft prompt tokens put into the batch's `soft_slots`
+        (`soft_prompt_embeddings`); None scores the slot tokens' own embeddings.
     """
     chex.assert_rank(batch["tokens"], 2)
+    embeddings = None if soft_tokens is None else soft_prompt_embeddings(params, config, batch, soft_tokens)
     hidden = llama.forward(params, batch["tokens"], config, positions=batch["positions"],
-                           segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True)
+                           segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True,
+                           input_embeddings=embeddings)
     if not differentiable:
         hidden = jax.lax.stop_gradient(hidden)
     chosen_mask = batch["chosen_mask"].reshape(-1)
