@@ -15,8 +15,9 @@ sum(final hidden states * a fixed random tensor) with respect to every parameter
    as structure (segment_ids, roles: block-sparse flash attention) against the dense [B, T, T] mask
    (`attention_mask=`, `jax.nn.dot_product_attention`). Skipped when the file is absent.
 
-Times are the median of `--repeats` steps after one warm-up (compile excluded). The machine's load
-average is printed beside them. The last line is `model_ratio_vs_torch=X sparse_gain=Y`: X = ours /
+Times are the median of `--repeats` steps after one warm-up (compile excluded), wall time and the
+process's CPU time over all its threads (CPU time above wall time means both cores worked). The
+machine's load average is printed beside them: on a shared machine, read the figures with it. The last line is `model_ratio_vs_torch=X sparse_gain=Y`: X = ours /
 PyTorch at the first shape, Y = dense / block-sparse time on the packed rows (nan when skipped).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,16 +40,23 @@ def _load() -> str:
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def _median_time(step, repeats: int) -> tuple[float, float]:
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _median_time(step, repeats: int) -> dict:
+    """Compile (first call) time, then the median wall time and process CPU time (all threads) of a step."""
     start = time.perf_counter()
     step()
     compile_s = time.perf_counter() - start
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_s()
         step()
         times.append(time.perf_counter() - start)
-    return compile_s, statistics.median(times)
+        cpu.append(_cpu_s() - cpu_start)
+    return {"compile_s": compile_s, "s": statistics.median(times), "cpu_s": statistics.median(cpu)}
 
 
 def run_jax(batch: int, length: int, repeats: int, packed: str | None, mask: str) -> dict:
@@ -80,8 +89,7 @@ def run_jax(batch: int, length: int, repeats: int, packed: str | None, mask: str
         return jnp.sum(hidden * cotangent)
 
     step = jax.jit(jax.grad(loss))
-    compile_s, seconds = _median_time(lambda: jax.block_until_ready(step(params, arrays)), repeats)
-    return {"compile_s": compile_s, "s": seconds}
+    return _median_time(lambda: jax.block_until_ready(step(params, arrays)), repeats)
 
 
 def run_torch(batch: int, length: int, repeats: int) -> dict:
@@ -102,8 +110,7 @@ def run_torch(batch: int, length: int, repeats: int) -> dict:
         hidden = model(input_ids=tokens, use_cache=False).last_hidden_state
         (hidden * cotangent).sum().backward()
 
-    compile_s, seconds = _median_time(step, repeats)
-    return {"compile_s": compile_s, "s": seconds, "threads": torch.get_num_threads()}
+    return {**_median_time(step, repeats), "threads": torch.get_num_threads()}
 
 
 def _child(args: list[str], repeats: int) -> dict:
@@ -159,8 +166,9 @@ def main() -> None:
         ours = _child(["jax", str(batch), str(length)], args.repeats)
         torch_ = _child(["torch", str(batch), str(length)], args.repeats)
         ratios.append(ours["s"] / torch_["s"])
-        print(f"[{batch}, {length}] ours {ours['s']:.2f} s (compile {ours['compile_s']:.0f} s)  "
-              f"torch sdpa {torch_['s']:.2f} s ({torch_['threads']} threads)  ratio {ratios[-1]:.2f}  ({_load()})")
+        print(f"[{batch}, {length}] ours {ours['s']:.2f} s (cpu {ours['cpu_s']:.2f} s, compile {ours['compile_s']:.0f} s)  "
+              f"torch sdpa {torch_['s']:.2f} s (cpu {torch_['cpu_s']:.2f} s, {torch_['threads']} threads)  "
+              f"ratio {ratios[-1]:.2f}  ({_load()})")
 
     gain = float("nan")
     if args.no_packed:
@@ -177,8 +185,9 @@ def main() -> None:
             dense = _child(["jax", "1", str(args.packed_len), str(path), "dense"], args.repeats)
         gain = dense["s"] / sparse["s"]
         print(f"packed P-Soups [1, {args.packed_len}]: {info['pairs']} pairs, {info['fill']:.0%} non-padding, mask "
-              f"density {info['mask_density_vs_causal']:.2f} of causal; block-sparse {sparse['s']:.2f} s, dense mask "
-              f"{dense['s']:.2f} s, gain {gain:.2f}  ({_load()})")
+              f"density {info['mask_density_vs_causal']:.2f} of causal; block-sparse {sparse['s']:.2f} s (cpu "
+              f"{sparse['cpu_s']:.2f} s), dense mask {dense['s']:.2f} s (cpu {dense['cpu_s']:.2f} s), gain {gain:.2f}  "
+              f"({_load()})")
     print(f"model_ratio_vs_torch={ratios[0]:.2f} sparse_gain={gain:.2f}")
 
 
