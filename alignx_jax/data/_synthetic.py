@@ -38,6 +38,8 @@ _ASIDES = {
 class _Style:
     label: str  # the positive label of the dimension the style expresses
     apply: Callable[[dict, bool], None]  # edits the response parts for the positive (True) or negative side
+    positive_marker: str | None  # text only the positive side writes (None: that side writes nothing)
+    negative_marker: str | None
 
 
 def _length(parts, positive):
@@ -73,13 +75,33 @@ def _topic(label):
 
 
 STYLES = (
-    _Style("Concise communication style", _length),
-    _Style("High Agreeableness", _tone),
-    _Style("High Conscientiousness", _formality),
-    _Style("Likes humor", _humour),
-    _Style("High Extraversion", _enthusiasm),
-    *(_Style(label, _topic(label)) for label in _TOPICS),
+    _Style("Concise communication style", _length, None, "Start with the part that worries you most"),
+    _Style("High Agreeableness", _tone, "What a lovely thing to ask about", "Fine, here is the answer"),
+    _Style("High Conscientiousness", _formality, "In summary, a deliberate", "Anyway, you'll figure it out"),
+    _Style("Likes humor", _humour, "Worst case, you get a funny story", None),
+    _Style("High Extraversion", _enthusiasm, "but keep it simple!", "but keep it simple."),
+    *(_Style(label, _topic(label), _ASIDES[label].split(":")[0].split(",")[0], None) for label in _TOPICS),
 )
+
+
+def response_styles(text: str) -> dict[int, bool]:
+    """Which side of each synthetic style a response expresses: dimension index -> positive side?
+
+    A style whose two sides both write a marker counts only when exactly one marker is in `text`; a
+    style with one marked side counts its absence as the other side. (Reads the responses this module
+    writes, and generated answers in their style; text that holds both sides of a style is skipped.)
+    """
+    sides = {}
+    for style in STYLES:
+        positive = style.positive_marker is not None and style.positive_marker in text
+        negative = style.negative_marker is not None and style.negative_marker in text
+        if style.positive_marker is None:
+            sides[_style_index(style.label)] = not negative
+        elif style.negative_marker is None:
+            sides[_style_index(style.label)] = positive
+        elif positive != negative:
+            sides[_style_index(style.label)] = positive
+    return sides
 
 
 def _style_index(label: str) -> int:

@@ -2,6 +2,7 @@
 import collections
 import re
 
+import numpy as np
 import pytest
 
 from alignx_jax import data
@@ -60,3 +61,17 @@ def test_persona_makes_the_choice_learnable(records):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="need num_users >= 0, records_per_user >= 1"):
         data.synthetic_records(2, seed=0, records_per_user=0)
+
+
+def test_response_styles_reads_back_every_applied_style():
+    from alignx_jax.data import _synthetic
+
+    rng = np.random.default_rng(0)
+    indices = [_synthetic._style_index(style.label) for style in _synthetic.STYLES]
+    for _ in range(200):
+        settings = {i: bool(rng.integers(2)) for i in indices if rng.random() < 0.6}
+        text = _synthetic._response("a rainy weekend", settings)
+        read = _synthetic.response_styles(text)
+        assert {i: read[i] for i in settings} == settings, (settings, text)
+    both = _synthetic._response("x", {indices[1]: True}) + " " + _synthetic._response("x", {indices[1]: False})
+    assert indices[1] not in _synthetic.response_styles(both)  # both tones present: not read
