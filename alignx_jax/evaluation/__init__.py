@@ -42,7 +42,7 @@ from alignx_jax.evaluation._modes import (
 from alignx_jax.evaluation._report import compare, markdown, write_report
 from alignx_jax.evaluation._run import check_folder, evaluate_to_folder
 from alignx_jax.evaluation._scoring import EVAL_SEQ_LENGTHS, iter_scores, score_records
-from alignx_jax.evaluation._selection import even_quotas, persona_groups, select_indices
+from alignx_jax.evaluation._selection import select_indices
 
 __all__ = [
     "PAPER_SAMPLING", "generate_ids", "iter_generations", "prompt_ids",
@@ -53,5 +53,5 @@ __all__ = [
     "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaTextMode", "item_types", "persona_history",
     "resolve_mode",
     "EVAL_SEQ_LENGTHS", "iter_scores", "score_records",
-    "even_quotas", "persona_groups", "select_indices",
+    "select_indices",
 ]
