@@ -1,69 +1,276 @@
-"""`alignx demo`: the embedded SmolLM2-135M-Instruct answers one post for two users whose
-preference profiles are opposite, through the PBA prompt layout of AlignX.
+"""`alignx demo --out DIR`: the embedded SmolLM2-135M-Instruct learns to follow each user, on this CPU.
 
-This is the foundation showcase (load in JAX, condition on a persona, decode with a KV cache);
-the training demo replaces it when the trainer lands.
+1. held-out synthetic users in mirror pairs (a persona-blind model scores exactly 50%) and, when
+   ../shared is present, held-out P-Soups friendly / unfriendly records of both personas;
+2. accuracy before training (policy-only view: the untrained policy equals its reference);
+3. ICA training (DPO, LoRA) with a progress bar;
+4. accuracy after, policy-only and with the paper's metric, per persona and worst persona;
+5. export to DIR/hf and reload in PyTorch transformers, logits compared;
+6. one post answered for two opposite users (concise vs detailed) before and after training.
+
+Writes DIR/summary.json, DIR/demo.png, DIR/hf/ (transformers) and DIR/train/ (the run: metrics.jsonl,
+model/).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
+import shutil
 import time
 
-from alignx_jax.errors import InputError
-
-POST = "I have a free Saturday coming up. What should I do with it?"
-USERS = {
-    "user A": ["Young", "High Extraversion", "Concise communication style", "Likes sports", "Likes gaming",
-               "Strong need for Play (enjoying fun, relaxation, and laughter)"],
-    "user B": ["Older", "Low Extraversion", "Detailed communication style", "Likes science", "Likes stories",
-               "Strong need for Order (neatness, organization, avoiding chaos)"],
-}
+DEFAULT_OUT = "runs/demo"
+MARKER = ".alignx_demo"  # a folder holding this file is a demo's own output, replaced by the next demo
+POST = "Any advice on a job interview tomorrow?"
+LENGTH_LABEL = "Concise communication style"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="personalized answers from the embedded model for two users")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="alias, Hugging Face folder or alignx_jax folder")
-    p.add_argument("--post", default=POST)
-    p.add_argument("--max-new-tokens", type=int, default=80)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    p.add_argument("--top-p", type=float, default=0.9)
+    p = subparsers.add_parser("demo", help="train the embedded model to follow each user's preferences, on the CPU",
+                              description="Held-out accuracy before and after a few minutes of ICA training, per "
+                                          "persona; export to PyTorch; answers for two opposite users.")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}; a previous demo's is replaced)")
+    p.add_argument("--steps", type=int, default=16, help="training steps (4 pairs each)")
+    p.add_argument("--psoups", default=None,
+                   help="P-Soups friendly/unfriendly JSON (default: ../shared/data/ beside the checkout, when present)")
+    p.add_argument("--max-new-tokens", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise InputError(f"--temperature must be >= 0 (0 for greedy decoding), got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not args.post.strip():
-        raise InputError("--post is empty")
+def _default_psoups() -> pathlib.Path | None:
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    path = repo.parent / "shared" / "data" / "psoups_friendly_unfriendly.json"
+    return path if path.is_file() else None
+
+
+def _out_dir(path: str) -> pathlib.Path:
+    from alignx_jax.cli import _common
+
+    out = pathlib.Path(path)
+    if (out / MARKER).is_file():
+        shutil.rmtree(out)
+    _common.output_path(out, kind="folder", flag="--out")
+    out.mkdir()
+    (out / MARKER).write_text("written by `alignx demo`; the next demo replaces this folder\n")
+    return out
+
+
+def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib.Path | None):
+    """Sized for 10 minutes on 2 CPU cores: one pair per 640-token row (one history item of each kind),
+    4 pairs per step, LoRA, one compiled step shape. The loss is DPO plus the chosen response's NLL
+    (`rpo`), so the policy also learns to answer in the user's style rather than echo the history."""
+    from alignx_jax.train import config_from_dict
+
+    files = [{"path": str(psoups), "heldout_per_persona": 6, "limit": 64}] if psoups else []
+    return config_from_dict({
+        "out_dir": str(out / "train"), "seed": seed, "steps": steps, "model": "smollm2-135m-instruct",
+        "data": {"synthetic": {"users": 400, "records_per_user": 2, "history_items": 1},
+                 "heldout_synthetic": {"users": 8, "records_per_user": 3, "history_items": 1},
+                 "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
+                 "scored_buckets": [512, 1024]},
+        "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
+        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
+    })
+
+
+def group_reports(train_dir: pathlib.Path, beta: float) -> dict[str, dict[str, dict]]:
+    """{"synthetic" | "psoups": {"before": report, "after": report}} from the run's held-out scores.
+
+    "before" is the start model as the policy (policy-only view; the paper's metric is a tie there)."""
+    from alignx_jax import data, evaluation, preferences
+
+    records, _ = data.load_records(train_dir / "heldout.json")
+    rows = [json.loads(line) for line in (train_dir / "heldout_scores.jsonl").read_text().splitlines()]
+    groups: dict[str, dict[str, list]] = {}
+    for row in rows:
+        name = "psoups" if records[row["index"]].get(preferences.GROUND_TRUTH_PERSONA) else "synthetic"
+        before = dict(row, policy_chosen_logp=row["start_chosen_logp"], policy_rejected_logp=row["start_rejected_logp"])
+        groups.setdefault(name, {"before": [], "after": []})
+        groups[name]["before"].append(before)
+        groups[name]["after"].append(row)
+    return {name: {when: evaluation.summarize(rs, beta=beta) for when, rs in g.items()} for name, g in groups.items()}
+
+
+def _reload_in_pytorch(hf_dir: pathlib.Path, model_dir: pathlib.Path, tokenizer) -> float:
+    """Max |logit difference| of transformers (PyTorch) on the exported folder vs our model, one prompt."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from alignx_jax import interop
+
+    ids = tokenizer(f"{POST} Keep it short.", add_special_tokens=False)["input_ids"]
+    ours = np.asarray(interop.from_pretrained(model_dir)(np.asarray([ids], np.int32)))
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = torch_model(torch.tensor([ids])).logits.numpy()
+    return float(np.abs(ours - theirs).max())
+
+
+def _opposite_users(seed: int):
+    """A mirror pair of synthetic users whose marks include the response length (concise vs detailed)."""
+    from alignx_jax import data, preferences
+
+    length = preferences.lookup(LENGTH_LABEL)[0].index
+    records = data.synthetic_records(200, seed=seed + 7, records_per_user=1, history_items=2)
+    for first, second in zip(records[::2], records[1::2]):
+        if first[preferences.DIRECTION][length] != preferences.NEUTRAL:
+            concise = first if first[preferences.DIRECTION][length] == preferences.POSITIVE else second
+            detailed = second if concise is first else first
+            return {"concise": concise, "detailed": detailed}
+    raise RuntimeError("no synthetic mirror pair marks the response length")  # 200 users: never happens
+
+
+def _answers(model, users, max_new_tokens: int) -> dict[str, dict]:
+    """Greedy answers to POST for each user (the ICA training layout, the user's whole history), and
+    the side of each of the user's marked styles that the answer shows (`data.response_styles`)."""
+    from alignx_jax import data, preferences
+    from alignx_jax.models import decoding
+
+    tokenizer = model.tokenizer
+    prompts = [tokenizer(data.chat_text(tokenizer, data.ica_train_prompt(POST, data.full_history(record))),
+                         add_special_tokens=False)["input_ids"] for record in users.values()]
+    outputs = model.generate(prompts, decoding.Sampling(max_new_tokens=max_new_tokens))
+    answers = {}
+    for (name, record), ids in zip(users.items(), outputs):
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        direction = record[preferences.DIRECTION]
+        read = data.response_styles(text)
+        marks = {}
+        for dim in preferences.dimensions():
+            if direction[dim.index] != preferences.NEUTRAL:
+                wants = direction[dim.index] == preferences.POSITIVE
+                shown = read.get(dim.index)
+                marks[dim.positive if wants else dim.negative] = None if shown is None else shown == wants
+        answers[name] = {"tokens": len(ids), "text": text, "marks_followed": marks,
+                         "follows_all_marks": bool(marks) and all(marks.values())}
+    return answers
+
+
+def _short(persona: str) -> str:
+    return persona if len(persona) <= 48 else persona[:45] + "..."
+
+
+def _plot(groups: dict, metrics_rows: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels, before, after, paper = [], [], [], []
+    for name, reports in groups.items():
+        for persona, stats in reports["after"]["per_persona"].items():
+            labels.append(f"{name}: {_short(persona)[:28]}")
+            before.append(reports["before"]["per_persona"][persona]["accuracy_logp"])
+            after.append(stats["accuracy_logp"])
+            paper.append(stats["accuracy"])
+    fig, (bars, curve) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    x, w = np.arange(len(labels)), 0.27
+    bars.bar(x - w, before, w, label="before (policy-only)")
+    bars.bar(x, after, w, label="after (policy-only)")
+    bars.bar(x + w, paper, w, label="after (paper's metric)")
+    bars.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+    bars.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    bars.set_ylim(0, 1.05)
+    bars.set_ylabel("held-out accuracy")
+    bars.set_title("Held-out accuracy per persona, before and after training")
+    bars.legend(fontsize=8, loc="lower right")
+    steps = [r["step"] for r in metrics_rows]
+    curve.plot(steps, [r["loss"] for r in metrics_rows], label="loss (DPO + NLL)")
+    curve.plot(steps, [r["rewards/accuracies"] for r in metrics_rows], label="reward accuracy (batch)")
+    curve.set_xlabel("step")
+    curve.set_title("Training")
+    curve.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _headline(reports: dict) -> dict:
+    before, after = reports["before"], reports["after"]
+    return {"accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
+            "accuracy_after_paper": after["accuracy"], "worst_persona_before": before["worst_persona_accuracy_logp"],
+            "worst_persona_after": after["worst_persona_accuracy_logp"],
+            "worst_persona_after_paper": after["worst_persona_accuracy"], "n": after["n"],
+            "per_persona_before": before["per_persona"], "per_persona_after": after["per_persona"]}
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    from alignx_jax import data, interop, preferences
-    from alignx_jax.models import decoding
+    from alignx_jax import interop
+    from alignx_jax.cli.train import ConsoleReporter
+    from alignx_jax.errors import InputError
+    from alignx_jax.train import train
+    from alignx_jax.train.metrics import read_metrics
 
-    start = time.perf_counter()
-    model = interop.from_pretrained(args.model)
-    tokenizer = model.tokenizer
-    print(f"loaded {args.model} ({model.config.num_layers} layers, vocab {model.config.vocab_size}) "
-          f"in {time.perf_counter() - start:.1f}s")
-    prompts, profiles = [], {}
-    for user, labels in USERS.items():
-        direction = preferences.parse_profile(", ".join(labels))  # labels -> 90-dim direction
-        profiles[user] = preferences.golden_profile(direction)  # direction -> profile text (dimension order)
-        chat = data.pba_prompt(args.post, profiles[user], evaluation=True)
-        prompts.append(tokenizer(data.chat_text(tokenizer, chat), add_special_tokens=False)["input_ids"])
-    start = time.perf_counter()
-    sampling = decoding.Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
-    answers = model.generate(prompts, sampling, seed=args.seed)
-    elapsed = time.perf_counter() - start
-    print(f"\nPost: {args.post}\n")
-    for (user, profile), ids in zip(profiles.items(), answers):
-        print(f"--- {user}: {profile}\n{tokenizer.decode(ids, skip_special_tokens=True).strip()}\n")
-    print(f"generated {sum(map(len, answers))} tokens for {len(answers)} users in {elapsed:.1f}s (KV cache, {sampling})")
+    if args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    psoups = pathlib.Path(args.psoups) if args.psoups else _default_psoups()
+    if psoups is not None and not psoups.is_file():
+        raise InputError(f"--psoups {psoups}: no such file")
+    started = time.perf_counter()
+    out = _out_dir(args.out)
+    timings = {}
+    config = training_config(out, steps=args.steps, seed=args.seed, psoups=psoups)
+    users = _opposite_users(args.seed)
+    tick = time.perf_counter()
+    base = interop.from_pretrained("smollm2-135m-instruct")
+    answers_before = _answers(base, users, args.max_new_tokens)
+    timings["answers_before_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    result = train(config, ConsoleReporter(log_every=1))
+    timings["train_and_eval_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    trained = interop.from_pretrained(out / "train" / "model")
+    answers_after = _answers(trained, users, args.max_new_tokens)
+    timings["answers_after_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    trained.save_hf(out / "hf")
+    logit_error = _reload_in_pytorch(out / "hf", out / "train" / "model", trained.tokenizer)
+    timings["pytorch_reload_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+    groups = group_reports(out / "train", config.beta)
+    summary = {
+        # The headline: held-out synthetic users in mirror pairs (a persona-blind model scores 50%).
+        **_headline(groups["synthetic"]),
+        "psoups": _headline(groups["psoups"]) if "psoups" in groups else None,
+        "steps": result["steps"], "final_loss": result["final_loss"],
+        "answers": {"post": POST, "before": answers_before, "after": answers_after,
+                    "concise_shorter_after": answers_after["concise"]["tokens"] < answers_after["detailed"]["tokens"]},
+        "pytorch_max_logit_difference": logit_error, "pytorch_logits_match": logit_error < 1e-3,
+        "timings": timings, "psoups_file": str(psoups) if psoups else None,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot(groups, read_metrics(out / "train"), out / "demo.png")
+    _print(summary, groups, out)
     return 0
+
+
+def _print(summary: dict, groups: dict, out: pathlib.Path) -> None:
+    pct = lambda v: f"{100 * v:5.1f}"  # noqa: E731
+    titles = {"synthetic": "held-out synthetic users in mirror pairs", "psoups": "held-out P-Soups records"}
+    print("\nHeld-out accuracy per persona: policy-only view before -> after, and the paper's metric after")
+    for name, reports in groups.items():
+        before, after = reports["before"], reports["after"]
+        print(f"\n{titles[name]}\n{'persona':<50} {'n':>3}  before  after  paper")
+        for persona, stats in after["per_persona"].items():
+            print(f"{_short(persona):<50} {stats['n']:>3}  {pct(before['per_persona'][persona]['accuracy_logp'])}  "
+                  f"{pct(stats['accuracy_logp'])}  {pct(stats['accuracy'])}")
+        print(f"{'mean':<50} {after['n']:>3}  {pct(before['accuracy_logp'])}  {pct(after['accuracy_logp'])}  "
+              f"{pct(after['accuracy'])}")
+        print(f"{'worst persona':<50} {'':>3}  {pct(before['worst_persona_accuracy_logp'])}  "
+              f"{pct(after['worst_persona_accuracy_logp'])}  {pct(after['worst_persona_accuracy'])}")
+    answers = summary["answers"]
+    print(f"\nPost: {answers['post']}")
+    for when in ("before", "after"):
+        for user in ("concise", "detailed"):
+            a = answers[when][user]
+            marks = ", ".join(f"{label} {'yes' if ok else 'no' if ok is not None else '?'}"
+                              for label, ok in a["marks_followed"].items())
+            print(f"--- {when}, {user} user ({a['tokens']} tokens; follows: {marks}):\n{a['text']}")
+    print(f"\nexported to {out / 'hf'}: PyTorch logits within {summary['pytorch_max_logit_difference']:.1e}")
+    print(f"{summary['timings']['total_s']:.0f}s in all; {out / 'summary.json'}, {out / 'demo.png'}")
