@@ -54,7 +54,8 @@ def param_specs(config: llama.LlamaConfig, mesh_shape: Mapping[str, int], rules=
     from the logical-axis table; needs no devices (memory planning for a pod on a laptop).
 
     A mesh axis that does not divide the dimension it would shard is dropped for that parameter
-    (e.g. SmolLM2's 9 heads on a tensor axis of 2 stay replicated) instead of failing to compile.
+    (e.g. SmolLM2's 9 heads on a tensor axis of 2 stay replicated) instead of failing to compile; so
+    is a mesh axis of size 1 (it shards nothing), so the specs name only the axes that split a dimension.
     """
     shapes = llama.param_shapes(config)
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
@@ -67,7 +68,7 @@ def param_specs(config: llama.LlamaConfig, mesh_shape: Mapping[str, int], rules=
         for dim, axes in zip(shape.shape, spec):
             names = (axes,) if isinstance(axes, str) else tuple(axes or ())
             size = int(np.prod([mesh_shape[a] for a in names])) if names else 1
-            fitted.append(axes if dim % size == 0 else None)
+            fitted.append(axes if size > 1 and dim % size == 0 else None)
         return PartitionSpec(*fitted)
 
     return jax.tree.map(fit, shapes, logical, is_leaf=is_spec)
