@@ -10,7 +10,7 @@
 
 Classes per dimension: 0 negative, 1 neutral, 2 positive (direction values 0, 0.5, 1).
 """
-from alignx_jax.bridge._io import CONDITIONINGS, MODES, SavedBridge, has_bridge, load, save
+from alignx_jax.bridge._io import CONDITIONINGS, FOLDER, MODES, SavedBridge, describe, has_bridge, load, save
 from alignx_jax.bridge._metrics import bridge_report, macro_f1, majority_classes, marked_dimensions
 from alignx_jax.bridge._networks import (
     DEMO,
@@ -26,6 +26,7 @@ from alignx_jax.bridge._networks import (
     class_weights,
     encode_items,
     encode_personas,
+    encode_views,
     init_params,
     item_features,
     learned_distribution,
@@ -50,10 +51,10 @@ from alignx_jax.bridge._rules import (
 )
 
 __all__ = [
-    "CONDITIONINGS", "MODES", "SavedBridge", "has_bridge", "load", "save",
+    "CONDITIONINGS", "FOLDER", "MODES", "SavedBridge", "describe", "has_bridge", "load", "save",
     "bridge_report", "macro_f1", "majority_classes", "marked_dimensions",
     "DEMO", "ITEM_TYPES", "MAX_ITEMS", "PAIR", "UGC", "VIEWS", "BridgeConfig", "backbone_slice", "bridge_logits",
-    "class_balanced_ce", "class_weights", "encode_items", "encode_personas", "init_params", "item_features",
+    "class_balanced_ce", "class_weights", "encode_items", "encode_personas", "encode_views", "init_params", "item_features",
     "learned_distribution", "pool_items",
     "CLASS_VALUES", "NEGATIVE", "NEUTRAL", "NUM_CLASSES", "POSITIVE", "direction_classes", "direction_distribution",
     "edits_from_labels", "golden_distribution", "map_direction", "map_profile", "official_direction",

@@ -1,7 +1,8 @@
 """A trained bridge on disk, beside its policy: `<model>/bridge/bridge.json` + `bridge.safetensors`.
 
 bridge.json: {"format": 1, "mode", "conditioning", "config" (BridgeConfig), "backbone" (the
-encoder backbone's LlamaConfig, `num_layers` = the encoder layer, or null), "item_length"}.
+encoder backbone's LlamaConfig, `num_layers` = the encoder layer, or null), "item_length",
+"max_items"}.
 bridge.safetensors: the parameter pytree flattened with '/' ('encoder/query', 'soft/table',
 'backbone/layers/attn/q_proj/kernel', ...). Nothing is unpickled.
 """
@@ -37,6 +38,7 @@ class SavedBridge:
     backbone_config: llama.LlamaConfig | None
     item_length: int
     params: dict
+    max_items: int = 16
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
@@ -83,7 +85,7 @@ def save(folder: str | os.PathLike, bridge: SavedBridge) -> pathlib.Path:
     meta = {"format": FORMAT, "mode": bridge.mode, "conditioning": bridge.conditioning,
             "config": dataclasses.asdict(bridge.config),
             "backbone": None if bridge.backbone_config is None else dataclasses.asdict(bridge.backbone_config),
-            "item_length": bridge.item_length}
+            "item_length": bridge.item_length, "max_items": bridge.max_items}
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -120,7 +122,8 @@ def load(folder: str | os.PathLike) -> SavedBridge:
         params = _unflatten(load_file(str(folder / PARAMS_FILE)))
     except (FileNotFoundError, SafetensorError, OSError) as error:
         raise InputError(f"{folder / PARAMS_FILE}: not a readable safetensors file ({error})") from None
-    return SavedBridge(meta["mode"], meta["conditioning"], config, backbone, int(meta.get("item_length", 0)), params)
+    return SavedBridge(meta["mode"], meta["conditioning"], config, backbone, int(meta.get("item_length", 0)), params,
+                       int(meta.get("max_items", 16)))
 
 
 def describe(bridge: SavedBridge) -> dict[str, Any]:

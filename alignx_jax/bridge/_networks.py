@@ -8,6 +8,8 @@
     a_m     = softmax_m(q . (K u_m) / sqrt(P)) over real items             attention pooling
     persona = sum_m a_m (V u_m)   (no item: the learned `empty` vector)    [B, P]   `encode_personas`
     logits  = W2 gelu(W1 persona + b1) + b2                                [B, 90, 3]  `bridge_logits`
+              (hidden_size 0: logits = W2 persona + b2, linear, so that the logits are the
+              attention-weighted mean of per-item logits, like the official rule's mean of items)
 
 The type-specific projection of both views lets a pair item read the difference between what the
 user chose and what they rejected. Every function is jit- and vmap-able and keeps no state.
@@ -15,6 +17,7 @@ user chose and what they rejected. Every function is jit- and vmap-able and keep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import chex
@@ -37,8 +40,8 @@ class BridgeConfig:
     """Sizes of the encoder, the bridge and the soft-token table.
 
     backbone_size: D of the backbone whose hidden states encode the items; encoder_layer: how many
-    of its decoder layers run; persona_size: P; hidden_size: the bridge MLP's width; soft_tokens: K
-    virtual tokens of model_size (the policy's D) each.
+    of its decoder layers run; persona_size: P; hidden_size: the bridge MLP's width (0: a linear
+    bridge); soft_tokens: K virtual tokens of model_size (the policy's D) each.
     """
 
     backbone_size: int
@@ -50,8 +53,9 @@ class BridgeConfig:
 
     def __post_init__(self):
         for name in ("backbone_size", "model_size", "encoder_layer", "persona_size", "hidden_size", "soft_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BridgeConfig.{name} must be >= 1, got {getattr(self, name)}")
+            if getattr(self, name) < (0 if name == "hidden_size" else 1):
+                raise ValueError(f"BridgeConfig.{name} must be >= {0 if name == 'hidden_size' else 1}, "
+                                 f"got {getattr(self, name)}")
 
 
 def _normal(key, shape, scale):
@@ -62,8 +66,8 @@ def init_params(config: BridgeConfig, rng: jax.Array) -> dict:
     """{'encoder', 'bridge', 'soft'} float32 parameters (the backbone is not among them).
 
     encoder: type_kernel [3, 2D, P], type_bias [3, P] (the item-type embedding), query [P],
-    key [P, P], value [P, P], empty [P]; bridge: w1 [P, H], b1 [H], w2 [H, 270], b2 [270];
-    soft: table [K, 90, 3, D_model].
+    key [P, P], value [P, P], empty [P]; bridge: w1 [P, H], b1 [H], w2 [H, 270], b2 [270]
+    (H = 0: w2 [P, 270], b2); soft: table [K, 90, 3, D_model].
     """
     c = config
     keys = jax.random.split(rng, 8)
@@ -77,12 +81,15 @@ def init_params(config: BridgeConfig, rng: jax.Array) -> dict:
         "empty": _normal(keys[4], (p,), 1.0),
     }
     outputs = prefs.NUM_DIMENSIONS * _rules.NUM_CLASSES
-    bridge = {
-        "w1": _normal(keys[5], (p, c.hidden_size), 1 / math.sqrt(p)),
-        "b1": jnp.zeros((c.hidden_size,), jnp.float32),
-        "w2": _normal(keys[6], (c.hidden_size, outputs), 1 / math.sqrt(c.hidden_size)),
-        "b2": jnp.zeros((outputs,), jnp.float32),
-    }
+    if c.hidden_size:
+        bridge = {
+            "w1": _normal(keys[5], (p, c.hidden_size), 1 / math.sqrt(p)),
+            "b1": jnp.zeros((c.hidden_size,), jnp.float32),
+            "w2": _normal(keys[6], (c.hidden_size, outputs), 1 / math.sqrt(c.hidden_size)),
+            "b2": jnp.zeros((outputs,), jnp.float32),
+        }
+    else:
+        bridge = {"w2": _normal(keys[6], (p, outputs), 1 / math.sqrt(p)), "b2": jnp.zeros((outputs,), jnp.float32)}
     # A token is a sum over 90 dimensions: scale so that it starts near a token embedding's size (0.02).
     table = _normal(keys[7], (c.soft_tokens, prefs.NUM_DIMENSIONS, _rules.NUM_CLASSES, c.model_size),
                     0.02 / math.sqrt(prefs.NUM_DIMENSIONS))
@@ -110,6 +117,27 @@ def encode_items(backbone: dict, backbone_config: llama.LlamaConfig, tokens: che
     hidden = llama.forward(backbone, tokens, backbone_config, return_hidden=True).astype(jnp.float32)
     weights = token_mask.astype(jnp.float32)
     return jnp.einsum("nl,nld->nd", weights, hidden) / jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_encode(backbone_config: llama.LlamaConfig):
+    return jax.jit(functools.partial(encode_items, backbone_config=backbone_config))
+
+
+def encode_views(backbone: dict, backbone_config: llama.LlamaConfig, tokens: np.ndarray, token_mask: np.ndarray,
+                 chunk: int = 64) -> np.ndarray:
+    """`encode_items` over many views on the host, `chunk` rows a call (one compiled shape):
+    int32 [N, L] tokens and bool [N, L] mask -> float32 [N, D] numpy."""
+    tokens, token_mask = np.asarray(tokens, np.int32), np.asarray(token_mask, bool)
+    encode = _jitted_encode(backbone_config)
+    out = np.zeros((len(tokens), backbone_config.hidden_size), np.float32)
+    for start in range(0, len(tokens), chunk):
+        t, m = tokens[start:start + chunk], token_mask[start:start + chunk]
+        pad = chunk - len(t)
+        pooled = encode(backbone, tokens=jnp.asarray(np.pad(t, ((0, pad), (0, 0)))),
+                        token_mask=jnp.asarray(np.pad(m, ((0, pad), (0, 0)))))
+        out[start:start + len(t)] = np.asarray(pooled)[:len(t)]
+    return out
 
 
 def item_features(backbone: dict, backbone_config: llama.LlamaConfig, tokens: chex.Array, token_mask: chex.Array
@@ -145,7 +173,7 @@ def encode_personas(encoder: dict, backbone: dict, backbone_config: llama.LlamaC
 
 def bridge_logits(bridge: dict, persona: chex.Array) -> chex.Array:
     """Persona vectors [B, P] -> logits [B, 90, 3] over (negative, neutral, positive) per dimension."""
-    hidden = jax.nn.gelu(persona @ bridge["w1"] + bridge["b1"])
+    hidden = jax.nn.gelu(persona @ bridge["w1"] + bridge["b1"]) if "w1" in bridge else persona
     logits = hidden @ bridge["w2"] + bridge["b2"]
     return logits.reshape(*persona.shape[:-1], prefs.NUM_DIMENSIONS, _rules.NUM_CLASSES)
 

@@ -95,9 +95,10 @@ def check_model_path(flag: str, source: str) -> None:
 
 
 def has_preference_bridge(source: str) -> bool:
-    """Whether a policy folder carries a learned preference bridge (its files are named *bridge*)."""
+    """Whether a policy folder carries a preference bridge (`<policy>/bridge/bridge.json`, written by
+    `alignx train` with a `bridge:` section)."""
     path = pathlib.Path(source)
-    return path.is_dir() and any("bridge" in p.name for p in path.iterdir())
+    return path.is_dir() and (path / "bridge" / "bridge.json").is_file()
 
 
 def tokenizer_difference(a, b) -> str | None:
@@ -188,8 +189,9 @@ def run(args: argparse.Namespace) -> int:
         if not has_preference_bridge(args.policy):
             raise InputError(f"--mode pba_soft needs a policy trained with a preference bridge ({args.policy} has "
                              f"none); use --mode ica or --mode pba_text")
-        raise InputError("--mode pba_soft: scoring with soft preference embeddings is not available in this version "
-                         "of alignx eval; use --mode pba_text")
+        from alignx_jax import bridge
+
+        saved_bridge = bridge.load(args.policy)  # a damaged bridge is refused before any model loads
     from alignx_jax import evaluation
     from alignx_jax.evaluation import _run
 
@@ -197,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_path("--reference", args.reference)
     records, indices = select_records(args.data, limit=args.limit, per_persona=args.per_persona)
     check_persona_items(records, indices, args.persona_items, args.data)
-    mode = evaluation.resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile)
+    mode = None if args.mode == "pba_soft" else evaluation.resolve_mode(args.mode, layout=args.policy_layout,
+                                                                        profile=args.profile)
     if args.mode == "pba_text":
         check_profiles(mode, records, indices, args.persona_items, args.data)
     run_info = {
@@ -214,8 +217,12 @@ def run(args: argparse.Namespace) -> int:
         "limit": args.limit,
         "per_persona": args.per_persona,
     }
+    if args.mode == "pba_soft":
+        run_info["bridge"] = bridge.describe(saved_bridge)
     resuming = _run.check_folder(args.out, run_info)
     tokenizer, reference_tokenizer = load_tokenizers(args.policy, args.reference)
+    if args.mode == "pba_soft":
+        mode = evaluation.PbaSoftMode(bridge=evaluation.PersonaBridge(saved_bridge, tokenizer))
 
     from alignx_jax import interop
 

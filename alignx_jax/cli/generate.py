@@ -2,12 +2,20 @@
 
     alignx generate --model M --data FILE --out FILE.jsonl [--limit N] ...   # resumable
     alignx generate --model M --prompt "..."                                  # prints the answer
+    alignx generate --model M --prompt "..." --preference "Likes humor=positive" [--persona FILE]
+
+With --preference / --persona the answer is conditioned on a user's preference directions in the
+PBA layout: the persona (read by the model's preference bridge, or by the official rule when the
+model has none) gives a distribution over the 90 dimensions, each --preference sets one dimension,
+and the policy reads the result as soft tokens (a soft-conditioned bridge) or as the profile text.
 
 Sampling defaults are the paper's: temperature 0.9, top-k 10, top-p 0.95, up to 512 new tokens.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import pathlib
 import sys
 
@@ -26,6 +34,12 @@ def register(subparsers) -> None:
     source.add_argument("--data", type=pathlib.Path, help="AlignX records (.json / .jsonl / parquet)")
     source.add_argument("--prompt", help="one question, answered and printed (no file written)")
     p.add_argument("--out", type=pathlib.Path, help="with --data: FILE.jsonl (appended to; rerun to resume)")
+    p.add_argument("--preference", action="append", default=[], metavar="LABEL=positive|negative|neutral",
+                   help="with --prompt: set one of the 90 preference dimensions by either of its labels, e.g. "
+                        "'Concise communication style=positive' (repeatable)")
+    p.add_argument("--persona", type=pathlib.Path,
+                   help="with --prompt: a JSON file with one user's persona (an AlignX record, or an object with its "
+                        "'User-Generated Content' / 'Pair-wise Comparative Feedback' / 'Demographic Information')")
     p.add_argument("--mode", default="ica", choices=("ica", "pba_text"), help="how the persona enters the prompt")
     p.add_argument("--profile", default="auto", choices=("auto", "official", "golden", "precomputed"),
                    help="pba_text: the profile source")
@@ -63,10 +77,66 @@ def run(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.prompt is None and (args.preference or args.persona is not None):
+        raise InputError("--preference and --persona go with --prompt (with --data the persona is each record's)")
     eval_cli.check_model_path("--model", args.model)
     if args.prompt is not None:
         return _answer_one(args, sampling)
     return _answer_file(args, sampling)
+
+
+PREFERENCE_SETTINGS = ("positive", "negative", "neutral")
+
+
+def parse_preferences(items: list[str]) -> dict[str, str]:
+    """`--preference LABEL=SETTING` values -> {label: setting}; labels are checked against the 90
+    dimensions (a wrong one lists the nearest), a dimension may be set once."""
+    from alignx_jax import preferences as prefs
+
+    labels = [label for d in prefs.dimensions() for label in (d.positive, d.negative)]
+    settings, dims = {}, {}
+    for item in items:
+        label, sep, setting = item.rpartition("=")
+        label, setting = label.strip(), setting.strip().lower()
+        if not sep or not label:
+            raise InputError(f"--preference {item!r} must look like LABEL=positive|negative|neutral")
+        if setting not in PREFERENCE_SETTINGS:
+            raise InputError(f"--preference {item!r}: the setting must be positive, negative or neutral, got {setting!r}")
+        if label not in labels:
+            near = difflib.get_close_matches(label, labels, n=3, cutoff=0.3)
+            hint = f"; nearest: {', '.join(repr(n) for n in near)}" if near else ""
+            raise InputError(f"--preference {item!r}: unknown preference {label!r}{hint}")
+        dim = prefs.lookup(label)[0]
+        if dim.index in dims:
+            raise InputError(f"--preference {item!r}: dimension {dim.index} ({dim.positive} / {dim.negative}) is "
+                             f"already set by {dims[dim.index]!r}")
+        dims[dim.index] = item
+        settings[label] = setting
+    return settings
+
+
+def load_persona(path: pathlib.Path) -> dict:
+    """One user's persona from a JSON file: an object (an AlignX record, or its persona fields), or a
+    list whose first object is used."""
+    from alignx_jax import preferences as prefs
+    from alignx_jax.errors import MissingFileError
+
+    if not path.is_file():
+        raise MissingFileError(f"--persona {path}: no such file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"--persona {path}: not valid JSON ({error})") from None
+    if isinstance(value, list) and value:
+        value = value[0]
+    fields = (prefs.UGC, prefs.PAIRS, prefs.DEMOGRAPHICS, prefs.DIRECTION)
+    if not isinstance(value, dict) or not any(value.get(f) for f in fields):
+        raise InputError(f"--persona {path}: expected a JSON object with a persona ({', '.join(repr(f) for f in fields)})")
+    for field, keys in ((prefs.UGC, ("prompt", "comment")), (prefs.PAIRS, ("prompt", "chosen", "rejected"))):
+        items = value.get(field) or []
+        if not isinstance(items, list) or not all(isinstance(i, dict) and all(k in i for k in keys) for i in items):
+            raise InputError(f"--persona {path}: {field!r} must be a list of objects with {', '.join(keys)}")
+    return value
 
 
 def single_prompt_messages(args: argparse.Namespace) -> list[dict]:
@@ -84,10 +154,62 @@ def _answer_one(args: argparse.Namespace, sampling) -> int:
     from alignx_jax.evaluation import _generation
 
     messages = single_prompt_messages(args)
+    if args.preference or args.persona is not None:
+        return _answer_conditioned(args, sampling)
     tokenizer = interop.load_tokenizer(args.model)
     params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
     ids = _generation.prompt_ids(tokenizer, messages)
     new = _generation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
+    if new and new[-1] in config.eos_token_ids:
+        new = new[:-1]
+    print(tokenizer.decode(new, skip_special_tokens=True).strip())
+    return 0
+
+
+def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
+    """--prompt with --preference / --persona: the PBA evaluation layout conditioned on the user."""
+    import numpy as np
+
+    from alignx_jax import bridge, data, interop
+    from alignx_jax import preferences as prefs
+    from alignx_jax.evaluation import _generation, _soft
+
+    settings = parse_preferences(args.preference)
+    persona = load_persona(args.persona) if args.persona is not None else None
+    saved = bridge.load(args.model) if bridge.has_bridge(args.model) else None
+    history = data.full_history(persona) if persona is not None else None
+    if persona is not None and saved is None:
+        try:  # no bridge: the official rule over the persona's item directions
+            directions = history.directions()
+        except ValueError as error:
+            raise InputError(f"--persona {args.persona}: {args.model} has no preference bridge to read it, and the "
+                             f"official rule needs directions ({error})") from None
+        if not directions:
+            raise InputError(f"--persona {args.persona}: no UGC or pair items for the official rule to read "
+                             f"({args.model} has no preference bridge)")
+    if persona is not None and saved is not None and saved.mode == "golden" and persona.get(prefs.DIRECTION) is None:
+        raise InputError(f"--persona {args.persona}: the model's golden bridge needs the persona's {prefs.DIRECTION!r}")
+    tokenizer = interop.load_tokenizer(args.model)
+    params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
+    reader = _soft.PersonaBridge(saved, tokenizer) if saved is not None else None
+    if persona is None:
+        distribution = _soft.neutral_distribution()
+    elif reader is not None:
+        distribution = reader.distributions([history], [persona])[0]
+    else:
+        distribution = np.asarray(bridge.direction_distribution(prefs.official_profile_direction(history.directions())))
+    distribution = _soft.edited(distribution, settings)
+    profile = bridge.map_profile(distribution)
+    print(f"preferences: {profile or '(all neutral)'}"
+          + (f" (as {reader.num_slots} soft tokens)" if reader is not None and reader.soft else ""), file=sys.stderr)
+    if reader is not None and reader.soft:
+        chat = data.pba_prompt(args.prompt, data.soft_profile(reader.num_slots), evaluation=True)
+        ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
+        new = _soft.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
+                                              sampling=sampling, seed=args.seed)
+    else:
+        ids = _generation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
+        new = _generation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
     if new and new[-1] in config.eos_token_ids:
         new = new[:-1]
     print(tokenizer.decode(new, skip_special_tokens=True).strip())

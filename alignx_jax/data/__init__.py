@@ -17,8 +17,18 @@ from alignx_jax.data._packing import (
     pack_stream,
     pack_two_rows,
     pair_sums,
+    prompt_ids_and_slots,
 )
-from alignx_jax.data._persona_items import PersonaItems, cap_history, pad_items, persona_items
+from alignx_jax.data._persona_items import (
+    DEMO_ITEM,
+    PAIR_ITEM,
+    UGC_ITEM,
+    VIEWS,
+    PersonaItems,
+    cap_history,
+    pad_items,
+    persona_items,
+)
 from alignx_jax.data._pipeline import PackedBatchDataset, PromptFormat, encode_record, packed_batches
 from alignx_jax.data._rendering import (
     SOFT_SLOT,
@@ -65,7 +75,8 @@ def __getattr__(name):
 __all__ = [
     "CHOSEN", "DEFAULT_SEQ_LENGTHS", "PAD", "PROMPT", "REJECTED", "EncodedPair", "PackedBatch", "PackingConfig",
     "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows", "pair_sums",
-    "PersonaItems", "cap_history", "pad_items", "persona_items",
+    "prompt_ids_and_slots",
+    "DEMO_ITEM", "PAIR_ITEM", "UGC_ITEM", "VIEWS", "PersonaItems", "cap_history", "pad_items", "persona_items",
     "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",

@@ -75,10 +75,10 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def _prompt_ids(tokenizer: Any, prompt: ChatPrompt) -> list[int]:
-    return _prompt_ids_and_slots(tokenizer, prompt)[0]
+    return prompt_ids_and_slots(tokenizer, prompt)[0]
 
 
-def _prompt_ids_and_slots(tokenizer: Any, prompt: ChatPrompt) -> tuple[list[int], list[int] | None]:
+def prompt_ids_and_slots(tokenizer: Any, prompt: ChatPrompt) -> tuple[list[int], list[int] | None]:
     """Prompt ids, and the positions of its soft slots (None when the prompt has no `SOFT_SLOT`).
 
     The text between slot markers is tokenized piece by piece and each marker becomes one position
@@ -138,11 +138,11 @@ def encode_pair(
         stats.responses_truncated += int(len(chosen_ids) > cap_chosen) + int(len(rejected_ids) > cap_rejected)
         chosen_ids, rejected_ids = chosen_ids[:cap_chosen], rejected_ids[:cap_rejected]
     prompt_budget = max_length - 1 - len(chosen_ids) - len(rejected_ids)
-    prompt_ids, slots = _prompt_ids_and_slots(tokenizer, render(history))
+    prompt_ids, slots = prompt_ids_and_slots(tokenizer, render(history))
     while len(prompt_ids) > prompt_budget and history.num_items:
         history = history.without_last_item()
         stats.history_items_dropped += 1
-        prompt_ids, slots = _prompt_ids_and_slots(tokenizer, render(history))
+        prompt_ids, slots = prompt_ids_and_slots(tokenizer, render(history))
     if len(prompt_ids) > prompt_budget:
         cut = len(prompt_ids) - prompt_budget
         prompt_ids = prompt_ids[:1] + prompt_ids[1 + cut :]

@@ -34,6 +34,7 @@ from alignx_jax.evaluation._modes import (
     PERSONA_ITEMS,
     EvalMode,
     IcaMode,
+    PbaSoftMode,
     PbaTextMode,
     item_types,
     persona_history,
@@ -42,6 +43,7 @@ from alignx_jax.evaluation._modes import (
 from alignx_jax.evaluation._report import compare, markdown, write_report
 from alignx_jax.evaluation._run import check_folder, evaluate_to_folder
 from alignx_jax.evaluation._scoring import EVAL_SEQ_LENGTHS, iter_scores, score_records
+from alignx_jax.evaluation._soft import PersonaBridge, edited, generate_with_soft_tokens, neutral_distribution
 from alignx_jax.evaluation._selection import select_indices
 
 __all__ = [
@@ -50,7 +52,9 @@ __all__ = [
     "compare", "markdown", "write_report", "check_folder", "evaluate_to_folder",
     "DEFAULT_BETA", "bootstrap_ci", "breakdown", "correct", "correct_logp", "group_stats", "reward_margins",
     "row_order", "summarize", "worst_persona",
-    "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaTextMode", "item_types", "persona_history",
+    "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaSoftMode", "PbaTextMode", "PersonaBridge", "edited", "generate_with_soft_tokens",
+    "neutral_distribution", "item_types",
+    "persona_history",
     "resolve_mode",
     "EVAL_SEQ_LENGTHS", "iter_scores", "score_records",
     "select_indices",

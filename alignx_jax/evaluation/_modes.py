@@ -7,9 +7,11 @@ evaluation layout) with the persona's history. A mode renders the policy's promp
   `loss_ica.py`; identical to the reference prompt, so one packed batch serves both models) or in
   the training layout (`layout="train"`, the layout the model was trained on).
 - `pba_text`: a profile of preference labels in the PBA evaluation layout (`loss_pba.py`).
-- `pba_soft` (not here yet): the learned preference bridge conditions the policy with soft
-  preference embeddings. It needs a policy trained with a bridge; a mode that contributes model
-  inputs overrides `EvalMode.score_policy` (the scoring loop calls it with the batch's records).
+- `pba_soft`: a policy trained with a preference bridge (`alignx train` with a `bridge:` section,
+  saved as `<model>/bridge/`) reads the bridge's output for the shown history: soft preference
+  tokens in the PBA layout's profile slots (it overrides `EvalMode.score_policy`, which the scoring
+  loop calls with the batch's records and shown histories), or, for a text-conditioned bridge, the
+  MAP profile text.
 """
 from __future__ import annotations
 
@@ -83,10 +85,10 @@ class EvalMode:
         return lambda history: data.reference_prompt(prompt, history)
 
     def score_policy(self, score: Callable[..., Any], params: Any, config: Any, arrays: Mapping[str, Any],
-                     records: list[Mapping[str, Any]], **kwargs) -> Any:
+                     records: list[Mapping[str, Any]], histories: list[data.History] | None = None, **kwargs) -> Any:
         """The policy's `PairLogprobs` of a packed batch. Text modes call the shared scorer as is;
-        a soft-prefix mode would add its inputs (from `records`, the batch's records) here."""
-        del records
+        a soft mode adds its inputs (from `records` and `histories`, the batch's shown personas)."""
+        del records, histories
         return score(params, config, arrays, **kwargs)
 
 
@@ -146,6 +148,48 @@ class PbaTextMode(EvalMode):
         return render
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PbaSoftMode(EvalMode):
+    """The policy conditioned by its own preference bridge (`evaluation.PersonaBridge`) on the shown
+    history, in the PBA evaluation layout: soft tokens in the profile's slots, or (a text-conditioned
+    bridge) the MAP profile text."""
+
+    name: str = "pba_soft"
+    bridge: Any = None
+
+    def __post_init__(self):
+        if self.bridge is None:
+            raise InputError("mode pba_soft needs the policy's preference bridge: "
+                             "PbaSoftMode(bridge=evaluation.PersonaBridge(bridge.load(policy_folder), tokenizer))")
+
+    def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
+        prompt = record[prefs.PROMPT]
+        if self.bridge.soft:
+            text = data.soft_profile(self.bridge.num_slots)
+            return lambda history: data.pba_prompt(prompt, text, evaluation=True)
+        cache: dict[str, str] = {}
+
+        def render(history: data.History) -> data.ChatPrompt:
+            if "profile" not in cache:
+                from alignx_jax import bridge
+
+                cache["profile"] = bridge.map_profile(self.bridge.distributions([history], [record])[0])
+            return data.pba_prompt(prompt, cache["profile"], evaluation=True)
+
+        return render
+
+    def score_policy(self, score, params, config, arrays, records, histories=None, **kwargs):
+        if not self.bridge.soft:
+            return score(params, config, arrays, **kwargs)
+        import numpy as np
+
+        tokens = self.bridge.soft_tokens(self.bridge.distributions(histories, records))
+        num_pairs = arrays["pair_ids"].shape[0] if "num_rows" not in kwargs else kwargs["num_rows"]
+        padded = np.zeros((num_pairs, *tokens.shape[1:]), np.float32)
+        padded[:len(tokens)] = tokens
+        return score(params, config, arrays, soft_tokens=padded, **kwargs)
+
+
 def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto") -> EvalMode:
     """An `EvalMode` from its name ("ica", "pba_text"); an `EvalMode` passes through."""
     if isinstance(mode, EvalMode):
@@ -155,6 +199,6 @@ def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "
     if mode == "pba_text":
         return PbaTextMode(profile=profile)
     if mode == "pba_soft":
-        raise InputError("mode pba_soft needs a policy trained with a preference bridge and its soft-prefix "
-                         "scorer, which this version does not have; use mode ica or pba_text")
+        raise InputError("mode pba_soft needs the policy's preference bridge: pass "
+                         "evaluation.PbaSoftMode(bridge=evaluation.PersonaBridge(bridge.load(policy), tokenizer))")
     raise InputError(f"unknown evaluation mode {mode!r}, expected one of {MODE_NAMES}")

@@ -49,6 +49,7 @@ class _Encoded:
     reference: data.EncodedPair
     record: Mapping[str, Any]
     row: dict
+    history: data.History | None = None  # the persona the policy's prompt shows
 
     @property
     def length(self) -> int:
@@ -114,7 +115,7 @@ def _encode(record: Mapping[str, Any], index: int, cap: int | None, position: in
                           or policy_stats.responses_truncated or reference_stats.history_items_dropped
                           or reference_stats.prompts_left_truncated or reference_stats.responses_truncated),
     }
-    return _Encoded(position, policy, reference, record, row)
+    return _Encoded(position, policy, reference, record, row, policy_render.history)
 
 
 def _rows_for(seq_len: int, rows: int, batch_tokens: int, multiple: int = 1) -> int:
@@ -143,7 +144,8 @@ def _pack(pairs: list[data.EncodedPair], seq_lengths: tuple[int, ...], num_rows:
     batch = data.pack_rows([[p] for p in pairs], seq_len=seq_len, num_rows=num_rows, num_pair_slots=num_rows)
     arrays = batch.as_dict()
     scored_length = kernels.bucket_length(scoring.scored_token_count(arrays), _scored_buckets(num_rows * seq_len))
-    return {k: arrays[k] for k in _BATCH_KEYS}, scored_length
+    keys = _BATCH_KEYS + (("soft_slots",) if "soft_slots" in arrays else ())
+    return {k: arrays[k] for k in keys}, scored_length
 
 
 def _to_device(arrays: dict, sharding) -> dict:
@@ -197,9 +199,9 @@ def iter_scores(
             if (int(index), cap) not in skip]
     same_model = _same_model(policy, reference)
     row_multiple = _row_shards(batch_sharding)
-    score = lambda params, config, arrays, scored_length, num_rows: _pair_logprobs(  # noqa: E731
+    score = lambda params, config, arrays, scored_length, num_rows, soft_tokens=None: _pair_logprobs(  # noqa: E731
         params, config, arrays, num_pairs=num_rows, scored_length=scored_length, differentiable=False,
-        kernel_impl=kernel_impl)
+        kernel_impl=kernel_impl, soft_tokens=None if soft_tokens is None else jnp.asarray(soft_tokens))
     for start in range(0, len(work), chunk_records):
         chunk = [_encode(record, index, cap, position, mode=mode, persona_items=persona_items, tokenizer=tokenizer,
                          reference_tokenizer=reference_tokenizer, max_length=seq_lengths[-1])
@@ -220,7 +222,8 @@ def iter_scores(
             policy_device = _to_device(policy_arrays, batch_sharding)
             group_records = [e.record for e in group]
             pol = mode.score_policy(score, policy[0], policy[1], policy_device, group_records,
-                                    scored_length=policy_scored, num_rows=num_rows)
+                                    histories=[e.history for e in group], scored_length=policy_scored,
+                                    num_rows=num_rows)
             shared_prompt = all(e.reference is e.policy for e in group)
             if same_model and shared_prompt:
                 ref = pol

@@ -56,8 +56,12 @@ def _next_token(logits: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Ar
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "pad_id"))
 def generate(params: dict, prompt: jax.Array, prompt_mask: jax.Array, rng: jax.Array, *,
-             config: llama.LlamaConfig, sampling: Sampling, pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+             config: llama.LlamaConfig, sampling: Sampling, pad_id: int = 0,
+             prompt_embeddings: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Continue left-padded prompts [B, T] (prompt_mask True on real tokens).
+
+    prompt_embeddings: optional [B, T, D] input embeddings of the prompt (e.g. with soft preference
+    tokens in some positions; `llama.embed_tokens` elsewhere), read instead of the prompt's lookup.
 
     Returns (tokens [B, max_new_tokens], lengths [B]): the generated ids (EOS included, then
     pad_id) and how many were generated per row, EOS counted.
@@ -75,7 +79,7 @@ def generate(params: dict, prompt: jax.Array, prompt_mask: jax.Array, rng: jax.A
     cache = llama.init_cache(config, b, s)
     logits, cache = llama.forward_with_cache(params, prompt, config, positions=positions,
                                              attention_mask=causal[None] & key_valid[:, None, :],
-                                             cache=cache, cache_index=0)
+                                             cache=cache, cache_index=0, input_embeddings=prompt_embeddings)
     rng, step_rng = jax.random.split(rng)
     token = _next_token(logits[:, -1], step_rng, sampling)
     out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(token)

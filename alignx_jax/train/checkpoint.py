@@ -87,5 +87,9 @@ class Checkpoints:
 
 
 def saved_state(state: Any) -> dict:
-    """What of a TrainState goes into a checkpoint (the frozen model does not)."""
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    """What of a TrainState goes into a checkpoint (the frozen model does not; a trained preference
+    bridge does)."""
+    saved = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if getattr(state, "bridge", None) is not None:
+        saved.update(bridge=state.bridge, bridge_opt_state=state.bridge_opt_state)
+    return saved

@@ -135,6 +135,33 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BridgeSection:
+    """PBA with a preference bridge (train/bridge.py): `mode` learned (persona encoder + bridge, CE on
+    the records' directions) or the official / golden rule; `conditioning` text (the MAP profile in
+    the PBA prompt) or soft (`soft_tokens` virtual tokens from a learned (dimension, direction)
+    table); `pretrain_steps` of bridge CE before DPO; `joint`: the bridge keeps learning during DPO
+    (loss + ce_weight * CE). `lr`: the bridge's and the table's AdamW rate during DPO (the policy's
+    schedule shape)."""
+
+    mode: Literal["learned", "official", "golden"] = "learned"
+    conditioning: Literal["text", "soft"] = "soft"
+    soft_tokens: int = 4
+    encoder_layer: int = 1
+    encoder_trainable: bool = False
+    persona_size: int = 128
+    hidden_size: int = 256  # the bridge MLP's width; 0: linear (the mean of per-item logits)
+    item_length: int = 96  # tokens per item view
+    max_items: int = 16
+    pretrain_steps: int = 400
+    pretrain_batch: int = 32
+    pretrain_lr: float = 3e-3
+    joint: bool = False
+    ce_weight: float = 1.0
+    lr: float = 1e-2
+    probes: int = 64  # controllability probe pairs (held-out pairs contrasting on one dimension)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/alignx"
     seed: int = 0
@@ -158,6 +185,7 @@ class TrainConfig:
     progress: bool = True
     export_hf: bool = False  # also write out_dir/hf (transformers folder)
     device_memory_gib: float | None = None  # when set, refuse a run whose planned memory per device exceeds it
+    bridge: BridgeSection | None = None  # PBA conditioned by a preference bridge (issue 14)
 
     def __post_init__(self):
         _check_ranges(self)
@@ -199,6 +227,25 @@ def _check_ranges(c: TrainConfig) -> None:
         raise ConfigError(f"config key 'lora.targets': unknown projection(s) {unknown}; known: {list(LORA_TARGETS)}")
     if c.model.name == "random" and not c.model.tokenizer:
         raise ConfigError("config key 'model.tokenizer' is required when model.name is 'random'")
+    if c.bridge is not None:
+        for key in ("soft_tokens", "encoder_layer", "persona_size", "hidden_size", "max_items", "pretrain_batch",
+                    "probes"):
+            _positive(getattr(c.bridge, key), f"bridge.{key}", 0 if key in ("probes", "hidden_size") else 1)
+        _positive(c.bridge.item_length, "bridge.item_length", 2)
+        _positive(c.bridge.pretrain_steps, "bridge.pretrain_steps", 0)
+        for key in ("pretrain_lr", "lr"):
+            if getattr(c.bridge, key) <= 0:
+                raise ConfigError(f"config key 'bridge.{key}' must be > 0, got {getattr(c.bridge, key)}")
+        if c.bridge.ce_weight < 0:
+            raise ConfigError(f"config key 'bridge.ce_weight' must be >= 0, got {c.bridge.ce_weight}")
+        if c.data.prompt != "pba":
+            raise ConfigError("config key 'bridge' conditions a PBA policy: set data.prompt: pba")
+        if c.bridge.joint and (c.bridge.mode != "learned" or c.bridge.conditioning != "soft"):
+            raise ConfigError("config key 'bridge.joint' trains the bridge through the policy: it needs "
+                              "bridge.mode: learned and bridge.conditioning: soft")
+        if c.bridge.encoder_trainable:
+            raise ConfigError("config key 'bridge.encoder_trainable': true is not supported in this version (the "
+                              "encoder backbone's item features are computed once, frozen); set it to false")
     if not c.data.synthetic.users and not c.data.files:
         raise ConfigError("config key 'data' names no training records: set data.synthetic.users or data.files")
 
@@ -230,7 +277,10 @@ def _convert(value: Any, tp, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1 and dataclasses.is_dataclass(others[0]):  # an optional section: its own errors
+            return _convert(value, others[0], key)
+        for arg in others:
             try:
                 return _convert(value, arg, key)
             except ConfigError:

@@ -25,6 +25,7 @@ from alignx_jax.train.config import DataConfig, SyntheticUsers
 
 ROW_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
 PAIR_KEYS = ("pair_valid", "pair_source")
+OPTIONAL_ROW_KEYS = ("soft_slots",)  # present when the prompts hold soft preference slots (filled with -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +107,8 @@ def pad_rows(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarr
     t = batch["tokens"].shape[1]
     if length < t:
         raise ValueError(f"cannot pad rows of length {t} to {length}")
-    for key in ROW_KEYS:
-        fill = -1 if key == "pair_ids" else 0
+    for key in ROW_KEYS + tuple(k for k in OPTIONAL_ROW_KEYS if k in batch):
+        fill = -1 if key in ("pair_ids", "soft_slots") else 0
         out[key] = np.pad(batch[key], ((0, 0), (0, length - t)), constant_values=fill)
     return out
 
@@ -137,7 +138,8 @@ def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tupl
     """Global [A, B, T] device arrays (and [A, P] pair arrays) from this process's host micro-batches,
     plus the static scored-token length of the step (the bucket of the largest micro-batch).
 
-    `extra`: more per-pair arrays [A, P_local] (precomputed reference log-probs).
+    `extra`: more per-pair arrays [A, P_local, ...] (precomputed reference log-probs, a bridge's
+    persona arrays), split over the pair axis.
     """
     length = max(b["tokens"].shape[1] for b in micro_batches)
     scored = max(int((b["chosen_mask"] | b["rejected_mask"]).sum()) for b in micro_batches)
@@ -147,14 +149,15 @@ def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tupl
     scored_length = kernels.bucket_length(scored, buckets)
     local_pairs = len(micro_batches[0]["pair_valid"])
     stacked = {}
-    for key in ROW_KEYS + PAIR_KEYS:
-        values = np.stack([pad_rows(b, length)[key] if key in ROW_KEYS else b[key] for b in micro_batches])
+    row_keys = ROW_KEYS + tuple(k for k in OPTIONAL_ROW_KEYS if k in micro_batches[0])
+    for key in row_keys + PAIR_KEYS:
+        values = np.stack([pad_rows(b, length)[key] if key in row_keys else b[key] for b in micro_batches])
         if key == "pair_ids":
             values = np.where(values >= 0, values + jax.process_index() * local_pairs, -1).astype(np.int32)
         stacked[key] = values
     stacked.update(extra or {})
     arrays = {}
     for key, values in stacked.items():
-        sharding = row_sharding if values.ndim == 3 else pair_sharding
+        sharding = row_sharding if key in row_keys else pair_sharding
         arrays[key] = jax.make_array_from_process_local_data(sharding, values)
     return arrays, scored_length

@@ -30,6 +30,8 @@ class HeldOut:
     reference_prompts: list[str]
     ref_chosen: np.ndarray | None = None
     ref_rejected: np.ndarray | None = None
+    start_chosen: np.ndarray | None = None  # the start model as the policy (the "before" view)
+    start_rejected: np.ndarray | None = None
 
 
 def _pack(records, tokenizer, fmt: data.PromptFormat, packing: data.PackingConfig, seed: int,
@@ -45,17 +47,19 @@ def _pack(records, tokenizer, fmt: data.PromptFormat, packing: data.PackingConfi
 
 
 def prepare(records: Sequence[Mapping[str, Any]], *, tokenizer, data_config: DataConfig, eval_config: EvalConfig,
-            seed: int) -> HeldOut:
+            seed: int, policy_format: Mapping[str, Any] | None = None) -> HeldOut:
     """Render and pack the held-out records: the policy sees the persona in the run's format (ICA
-    history or PBA profile), the reference sees the few-shot ICA prompt (official evaluation)."""
+    history or PBA profile), the reference sees the few-shot ICA prompt (official evaluation).
+    `policy_format`: PromptFormat fields that replace the run's (a bridge's soft slots or profiles)."""
     records = list(records)
     if eval_config.limit is not None:
         records = [records[i] for i in data.take_evenly(records, eval_config.limit)]
     packing = data.PackingConfig(rows=eval_config.rows, seq_lengths=data_config.seq_lengths,
                                  max_pairs_per_row=data_config.max_pairs_per_row)
     evaluation = eval_config.layout == "evaluation"
-    policy_format = data.PromptFormat(kind=data_config.prompt, profile=data_config.profile, evaluation=evaluation,
-                                      history=eval_config.history)
+    policy_format = data.PromptFormat(**{**dict(kind=data_config.prompt, profile=data_config.profile,
+                                                evaluation=evaluation, history=eval_config.history),
+                                         **(policy_format or {})})
     reference_format = data.PromptFormat(kind="ica", evaluation=evaluation, history=eval_config.history)
     pack = lambda fmt: _pack(records, tokenizer, fmt, packing, seed, data_config.on_long_response)  # noqa: E731
     policy_batches, policy_prompts = pack(policy_format)
@@ -79,8 +83,14 @@ def score_all(batches: Sequence[Mapping[str, np.ndarray]], num_records: int,
     return chosen, rejected
 
 
-def score_reference(heldout: HeldOut, score) -> None:
+def score_start(heldout: HeldOut, score) -> None:
+    """Score the start model once: as the reference (few-shot prompt) and as the untrained policy
+    (the run's prompt; the same scores when the two prompts are the same)."""
     heldout.ref_chosen, heldout.ref_rejected = score_all(heldout.reference_batches, len(heldout.records), score)
+    if heldout.policy_batches is heldout.reference_batches:
+        heldout.start_chosen, heldout.start_rejected = heldout.ref_chosen, heldout.ref_rejected
+    else:
+        heldout.start_chosen, heldout.start_rejected = score_all(heldout.policy_batches, len(heldout.records), score)
 
 
 def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarray) -> list[dict]:

@@ -2,9 +2,10 @@
 
     train(config, reporter) -> summary
 
-Outputs under `out_dir`: config.yaml, metrics.jsonl (one row per step), tensorboard/,
-checkpoints/<step>/, summary.json, model/ (our folder format, LoRA merged; `alignx convert
-jax-to-hf` reads it) and, with export_hf, hf/. A rerun of the same config resumes from the newest
+Outputs under `out_dir`: config.yaml, heldout.json (the held-out records), metrics.jsonl (one row
+per step), tensorboard/, checkpoints/<step>/, summary.json, heldout_scores.jsonl (per held-out
+record: the policy's, the reference's and the start model's log-probs), model/ (our folder format, LoRA merged;
+`alignx convert jax-to-hf` reads it) and, with export_hf, hf/. A rerun of the same config resumes from the newest
 checkpoint that restores and continues the same loss curve; SIGTERM (preemption) saves a final
 checkpoint and returns. The `reporter` receives progress (the CLI draws it); nothing here prints.
 """
@@ -28,7 +29,7 @@ import numpy as np
 import yaml
 
 from alignx_jax import data as data_lib
-from alignx_jax import interop, kernels, losses
+from alignx_jax import evaluation, interop, kernels, losses
 from alignx_jax.errors import InputError, MissingFileError
 from alignx_jax.models import llama, scoring
 from alignx_jax.models import sharding as model_sharding
@@ -36,6 +37,7 @@ from alignx_jax.train import checkpoint as ckpt
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
 from alignx_jax.train import heldout as heldout_lib
+from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train import lora, memory, metrics, reference_cache
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
@@ -132,6 +134,11 @@ class _Run:
     optimizer: Any
     schedule: Any
     buckets: tuple[int, ...]
+    bridge: bridge_train.BridgeSetup | None = None  # PBA conditioned by a preference bridge
+
+    def prompt_format(self, **kwargs) -> data_lib.PromptFormat:
+        """The training prompt format (a bridge run's soft slots or precomputed MAP profiles)."""
+        return bridge_train.prompt_format(self.bridge, train_data.prompt_format(self.config.data, **kwargs))
 
 
 def create_state(config: config_lib.TrainConfig, params, model: llama.LlamaConfig, mesh, optimizer):
@@ -203,20 +210,38 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     params, model, tokenizer = load_model(config.model, mesh, config.seed)
     train_data.check_records_fit(splits.train, tokenizer=tokenizer, config=config.data, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, config.steps)
+    bridge = None
+    if config.bridge is not None:
+        bridge = bridge_train.setup(config.bridge, train_records=splits.train, heldout_records=splits.heldout,
+                                    params=params, model=model, tokenizer=tokenizer, seed=config.seed,
+                                    report=reporter.message)
+        if not bridge.soft:  # text conditioning: each record's MAP profile goes into its PBA prompt
+            splits = train_data.Splits(*bridge_train.text_records(bridge))
     state, shardings = create_state(config, params, model, mesh, optimizer)
+    bridge_step = bridge_train.step_spec(bridge, config.optimizer, config.steps)
+    if bridge_step is not None:
+        repl = train_sharding.replicated(mesh)
+        trained = jax.device_put(bridge_train.trainable_params(bridge), repl)
+        state = state.replace(bridge=trained, bridge_opt_state=jax.jit(bridge_step.optimizer.init,
+                                                                        out_shardings=repl)(trained))
+        shardings = shardings.replace(bridge=jax.tree.map(lambda _: repl, state.bridge),
+                                      bridge_opt_state=jax.tree.map(lambda _: repl, state.bridge_opt_state))
     pairs = train_data.packing_config(config.data, jax.process_count()).num_pair_slots * jax.process_count()
     max_tokens = config.data.rows * config.data.seq_lengths[-1]
     buckets = tuple(config.data.scored_buckets) or train_data.default_buckets(max_tokens)
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
-                    lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0])
+                    lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
+                    bridge=bridge_step)
     out_dir.mkdir(exist_ok=True)
     if jax.process_index() == 0:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
+        if splits.heldout:  # the exact split, for `alignx eval --data out_dir/heldout.json`
+            data_lib.write_records(splits.heldout, out_dir / "heldout.json")
     reporter.message(f"model {config.model.name} ({llama.num_params(model) / 1e6:.1f}M params), "
                      f"{len(splits.train)} training / {len(splits.heldout)} held-out records, mesh {dict(mesh.shape)}, "
                      f"reference: {config.reference}")
     return _Run(config, out_dir, mesh, model, tokenizer, splits, state, shardings, spec, optimizer,
-                learning_rate(config.optimizer, config.steps), buckets)
+                learning_rate(config.optimizer, config.steps), buckets, bridge)
 
 
 # ---- scoring outside the step (reference cache, held-out evaluation) ------------------------------
@@ -224,12 +249,14 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
 @functools.partial(jax.jit, static_argnames=("model", "num_pairs", "scored_length"))
 def _score(params, batch, *, model, num_pairs, scored_length):
     out = scoring.pair_logprobs(params, model, batch, num_pairs=num_pairs, scored_length=scored_length,
-                                differentiable=False)
+                                differentiable=False, soft_tokens=batch.get("soft_tokens"))
     return out.chosen, out.rejected
 
 
-def _shared_batch_scorer(run: _Run, params):
-    """score(host batch) -> (chosen [P], rejected [P]) on the mesh; every process passes the same batch."""
+def _shared_batch_scorer(run: _Run, params, soft_tokens: np.ndarray | None = None):
+    """score(host batch) -> (chosen [P], rejected [P]) on the mesh; every process passes the same batch.
+    soft_tokens: [records, K, D] soft preference tokens, put into each pair's prompt slots by its
+    `pair_source` (a bridge run's policy); None: the slots' placeholder tokens (the reference)."""
     row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh, micro_batches=False)
     processes, index = jax.process_count(), jax.process_index()
 
@@ -237,9 +264,14 @@ def _shared_batch_scorer(run: _Run, params):
         rows, pairs = len(batch["tokens"]), len(batch["pair_valid"])
         if rows % processes or pairs % processes:
             raise InputError(f"evaluation rows {rows} / pair slots {pairs} do not divide over {processes} processes")
+        batch = dict(batch)
+        if soft_tokens is not None:
+            batch["soft_tokens"] = soft_tokens[np.maximum(batch["pair_source"], 0)]
         local = {k: v[index * (len(v) // processes):(index + 1) * (len(v) // processes)]
-                 for k, v in batch.items() if k in train_data.ROW_KEYS + ("pair_valid",)}
-        arrays = {k: jax.make_array_from_process_local_data(row_sharding if v.ndim == 2 else pair_sharding, v)
+                 for k, v in batch.items()
+                 if k in train_data.ROW_KEYS + train_data.OPTIONAL_ROW_KEYS + ("pair_valid", "soft_tokens")}
+        arrays = {k: jax.make_array_from_process_local_data(pair_sharding if k in ("pair_valid", "soft_tokens")
+                                                            else row_sharding, v)
                   for k, v in local.items()}
         length = kernels.bucket_length(scoring.scored_token_count(batch), run.buckets)
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
@@ -251,7 +283,7 @@ def _shared_batch_scorer(run: _Run, params):
 
 def _precompute_reference(run: _Run, reporter: Reporter) -> dict[str, np.ndarray]:
     config = run.config
-    fmt = train_data.prompt_format(config.data)
+    fmt = run.prompt_format()
     packing = train_data.packing_config(config.data)
     describe = {"packing": dataclasses.asdict(packing), "prompt": dataclasses.asdict(fmt), "seed": config.seed,
                 "on_long_response": config.data.on_long_response}
@@ -273,12 +305,12 @@ def _precompute_reference(run: _Run, reporter: Reporter) -> dict[str, np.ndarray
     return arrays
 
 
-def _evaluate(run: _Run, held: heldout_lib.HeldOut, state: TrainState) -> dict:
-    from alignx_jax import evaluation
-
-    score = _shared_batch_scorer(run, policy_params(state, run.spec))
+def _heldout_rows(run: _Run, held: heldout_lib.HeldOut, state: TrainState) -> list[dict]:
+    """Score rows (the keys of `alignx eval`'s scores.jsonl) of the held-out records under the policy."""
+    soft = bridge_train.records_soft_tokens(run.bridge, state.bridge, held.records)
+    score = _shared_batch_scorer(run, policy_params(state, run.spec), soft)
     chosen, rejected = heldout_lib.score_all(held.policy_batches, len(held.records), score)
-    return evaluation.summarize(heldout_lib.rows(held, chosen, rejected), beta=run.config.beta)
+    return heldout_lib.rows(held, chosen, rejected)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -317,7 +349,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     state = run.state
     dataset = data_lib.packed_batches(
         run.splits.train, tokenizer=run.tokenizer, config=train_data.packing_config(config.data, jax.process_count()),
-        prompt_format=train_data.prompt_format(config.data), seed=config.seed, num_epochs=None,
+        prompt_format=run.prompt_format(), seed=config.seed, num_epochs=None,
         on_long_response=config.data.on_long_response)
     iterator = iter(dataset)
     checkpoints = ckpt.Checkpoints(run.out_dir / "checkpoints", keep=config.keep_checkpoints)
@@ -332,10 +364,12 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     held = None
     if run.splits.heldout:
         held = heldout_lib.prepare(run.splits.heldout, tokenizer=run.tokenizer, data_config=config.data,
-                                   eval_config=config.eval, seed=config.seed)
-        frozen = state.frozen if state.frozen is not None else None
-        reference_params = frozen if frozen is not None else _start_params(run)
-        heldout_lib.score_reference(held, _shared_batch_scorer(run, reference_params))
+                                   eval_config=config.eval, seed=config.seed,
+                                   policy_format=bridge_train.heldout_format(run.bridge))
+        reference_params = state.frozen if state.frozen is not None else _start_params(run)
+        heldout_lib.score_start(held, _shared_batch_scorer(run, reference_params))
+        if run.bridge is not None:
+            run.bridge.probe_sets = _bridge_probes(run, _shared_batch_scorer(run, reference_params))
     writer = metrics.MetricsWriter(run.out_dir, resume_step=start_step) if jax.process_index() == 0 else None
     # Metrics come back replicated, so every process can read them (multi-host too).
     step_fn = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"), donate_argnums=0,
@@ -349,10 +383,10 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     with _preemption_flag() as flag, jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
         for step in range(start_step, config.steps):
             micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
-            extra = None
+            extra = bridge_train.batch_extras(run.bridge, micro)
             if reference is not None:
                 looked_up = [reference_cache.lookup(reference, b["pair_source"]) for b in micro]
-                extra = {k: np.stack([x[k] for x in looked_up]) for k in ("ref_chosen", "ref_rejected")}
+                extra.update({k: np.stack([x[k] for x in looked_up]) for k in ("ref_chosen", "ref_rejected")})
             batch, scored_length = train_data.assemble(micro, buckets=run.buckets, row_sharding=row_sharding,
                                                        pair_sharding=pair_sharding, extra=extra)
             spec = dataclasses.replace(run.spec, scored_length=scored_length)
@@ -375,7 +409,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
                                          f"the last checkpoint is intact")
             last_row = row
             if held is not None and config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
-                report = _evaluate(run, held, state)
+                report = evaluation.summarize(_heldout_rows(run, held, state), beta=config.beta)
                 row.update(_eval_row(step + 1, report))
                 eval_rows.append(_eval_row(step + 1, report))
             if writer is not None and ((step + 1) % config.log_every == 0 or "eval_accuracy" in row):
@@ -396,6 +430,41 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     return _finish(run, state, held, last_row, eval_rows, started, reporter)
 
 
+def _bridge_probes(run: _Run, reference_score) -> dict:
+    """Controllability probes (held-out pairs contrasting on one dimension), packed as held-out sets
+    ('edited': swapped, the dimension flipped; 'plain': as the user chose), the reference scored."""
+    found = bridge_train.probes(run.bridge, run.config.bridge.probes)
+    sets = {"found": found}
+    if not found:
+        return sets
+    for name in ("edited", "plain"):
+        held = heldout_lib.prepare(bridge_train.probe_records(run.bridge, found, edited=name == "edited"),
+                                   tokenizer=run.tokenizer, data_config=run.config.data,
+                                   eval_config=dataclasses.replace(run.config.eval, limit=None), seed=run.config.seed,
+                                   policy_format=bridge_train.heldout_format(run.bridge))
+        heldout_lib.score_start(held, reference_score)
+        sets[name] = held
+    return sets
+
+
+def _bridge_summary(run: _Run, state: TrainState) -> dict:
+    """bridge_macro_f1 (beside the majority-class baseline) and controllability for summary.json."""
+    setup = run.bridge
+    out = bridge_train.summary_fields(setup, state.bridge)
+    sets = setup.probe_sets or {}
+    for name, key in (("edited", "controllability"), ("plain", "probe_accuracy")):
+        if name not in sets:
+            continue
+        held = sets[name]
+        soft = bridge_train.probe_soft_tokens(setup, state.bridge, sets["found"], edited=name == "edited") \
+            if setup.soft else None
+        score = _shared_batch_scorer(run, policy_params(state, run.spec), soft)
+        chosen, rejected = heldout_lib.score_all(held.policy_batches, len(held.records), score)
+        report = evaluation.summarize(heldout_lib.rows(held, chosen, rejected), beta=run.config.beta)
+        out.update({key: report["accuracy"], f"{key}_logp": report["accuracy_logp"], f"{key}_n": report["n"]})
+    return out
+
+
 def _start_params(run: _Run):
     """The start model again (precomputed mode keeps no reference in memory during the steps)."""
     params, _, _ = load_model(run.config.model, run.mesh, run.config.seed)
@@ -405,13 +474,27 @@ def _start_params(run: _Run):
 def _finish(run: _Run, state: TrainState, held, last_row: dict, eval_rows: list, started: float, reporter) -> dict:
     config = run.config
     final_params = policy_params(state, run.spec)
-    report = _evaluate(run, held, state) if held is not None else None
+    report = before = None
+    if held is not None:
+        rows = _heldout_rows(run, held, state)
+        before_rows = heldout_lib.rows(held, held.start_chosen, held.start_rejected)
+        report = evaluation.summarize(rows, beta=config.beta)
+        before = evaluation.summarize(before_rows, beta=config.beta)
+        if jax.process_index() == 0:  # per record, the trained policy's and the start model's log-probs
+            with (run.out_dir / "heldout_scores.jsonl").open("w") as f:
+                for row, start in zip(rows, before_rows):
+                    f.write(json.dumps({**row, "start_chosen_logp": start["policy_chosen_logp"],
+                                        "start_rejected_logp": start["policy_rejected_logp"]}) + "\n")
     summary = {
         "steps": int(state.step), "final_loss": last_row.get("loss"),
         "eval_accuracy": report and report["accuracy"], "eval_accuracy_logp": report and report["accuracy_logp"],
         "eval_worst_persona_accuracy": report and report["worst_persona_accuracy"],
         "eval_worst_persona_accuracy_logp": report and report.get("worst_persona_accuracy_logp"),
         "eval_n": report and report["n"], "per_persona": report and report["per_persona"], "eval_history": eval_rows,
+        # The start model, policy-only view (the paper's metric is a tie, counted wrong, before training).
+        "eval_accuracy_logp_before": before and before["accuracy_logp"],
+        "eval_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],
+        "per_persona_before": before and before["per_persona"],
         "wall_time_s": time.perf_counter() - started, "reference": config.reference, "loss": config.loss,
         "model": config.model.name, "train_records": len(run.splits.train), "heldout_records": len(run.splits.heldout),
     }
@@ -419,6 +502,12 @@ def _finish(run: _Run, state: TrainState, held, last_row: dict, eval_rows: list,
     export_config = run.model.replace(remat=False, attention_impl="auto")
     # orbax writes the (sharded) parameters collectively: every process calls it.
     interop.save_native(final_params, export_config, model_dir, tokenizer=run.tokenizer)
+    if run.bridge is not None:
+        summary.update(_bridge_summary(run, state))
+        if jax.process_index() == 0:  # beside the policy, for `alignx eval --mode pba_soft` and `alignx generate`
+            from alignx_jax import bridge as bridge_lib
+
+            bridge_lib.save(model_dir / bridge_lib.FOLDER, bridge_train.saved(run.bridge, state.bridge))
     if config.export_hf:
         host_params = jax.tree.map(train_data.to_host, final_params)  # a collective too
         if jax.process_index() == 0:

@@ -40,6 +40,8 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     frozen: Any = None
+    bridge: Any = None  # a preference bridge's trained params (soft conditioning, train/bridge.py), else None
+    bridge_opt_state: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,9 @@ class StepSpec:
     num_pairs: int  # pair slots per micro-batch
     scored_length: int  # static scored-token count per micro-batch
     kernel_impl: str = "auto"
+    # train.bridge.BridgeStep: soft preference tokens for the prompts' slots from `state.bridge`
+    # (and the joint bridge loss); None: plain prompts.
+    bridge: Any = None
 
     @property
     def passes_token_counts(self) -> bool:
@@ -67,12 +72,18 @@ def policy_params(state: TrainState, spec: StepSpec):
 
 
 def _micro_loss(trainable, state: TrainState, micro: Mapping[str, jax.Array], spec: StepSpec):
-    """(summed loss over valid pairs, (summed metrics, valid pairs)) of one micro-batch."""
+    """(summed loss over valid pairs, (summed metrics, valid pairs)) of one micro-batch.
+
+    With a bridge, `trainable` is (policy trainable, bridge params): the policy reads the bridge's
+    soft tokens in its prompt slots (the reference reads the slots' placeholder tokens)."""
+    bridge_params = None
+    if spec.bridge is not None:
+        trainable, bridge_params = trainable
     policy = lora.merge(state.frozen, trainable, spec.lora) if spec.reference == "lora" else trainable
-    score = lambda params, differentiable: scoring.pair_logprobs(  # noqa: E731
+    score = lambda params, differentiable, soft=None: scoring.pair_logprobs(  # noqa: E731
         params, spec.model, micro, num_pairs=spec.num_pairs, scored_length=spec.scored_length,
-        differentiable=differentiable, kernel_impl=spec.kernel_impl)
-    pi = score(policy, True)
+        differentiable=differentiable, kernel_impl=spec.kernel_impl, soft_tokens=soft)
+    pi = score(policy, True, None if spec.bridge is None else spec.bridge.soft_tokens(bridge_params, micro))
     if spec.reference == "precomputed":
         ref_chosen, ref_rejected = micro["ref_chosen"], micro["ref_rejected"]
     else:  # the frozen reference model, or the LoRA base without adapters
@@ -86,7 +97,11 @@ def _micro_loss(trainable, state: TrainState, micro: Mapping[str, jax.Array], sp
     sums = {name: masked_sum(value) for name, value in metrics.items() if jnp.shape(value) == valid.shape}
     sums["scored_tokens"] = jnp.sum(pi.chosen_tokens + pi.rejected_tokens)
     sums["tokens"] = jnp.sum(micro["segment_ids"] > 0).astype(jnp.float32)
-    return masked_sum(losses), (sums, jnp.sum(valid).astype(jnp.float32))
+    total = masked_sum(losses)
+    if spec.bridge is not None:
+        aux, aux_sums = spec.bridge.aux_loss(bridge_params, micro)
+        total, sums = total + aux, {**sums, **aux_sums}
+    return total, (sums, jnp.sum(valid).astype(jnp.float32))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *, spec: StepSpec,
@@ -99,25 +114,34 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     """
     del rng
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+    trainable = state.params if spec.bridge is None else (state.params, state.bridge)
 
     def accumulate(carry, micro):
         grads, loss_sum, sums, pairs = carry
-        (micro_loss, (micro_sums, micro_pairs)), micro_grads = grad_fn(state.params, state, micro, spec)
+        (micro_loss, (micro_sums, micro_pairs)), micro_grads = grad_fn(trainable, state, micro, spec)
         grads = jax.tree.map(jnp.add, grads, micro_grads)
         sums = jax.tree.map(jnp.add, sums, micro_sums)
         return (grads, loss_sum + micro_loss, sums, pairs + micro_pairs), None
 
     first = jax.tree.map(lambda x: x[0], batch)
-    _, (sum_shapes, _) = jax.eval_shape(lambda: _micro_loss(state.params, state, first, spec))
+    _, (sum_shapes, _) = jax.eval_shape(lambda: _micro_loss(trainable, state, first, spec))
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)  # noqa: E731
-    carry = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32), zeros(sum_shapes),
+    carry = (jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32), zeros(sum_shapes),
              jnp.zeros((), jnp.float32))
     (grads, loss_sum, sums, pairs), _ = jax.lax.scan(accumulate, carry, batch)
     denominator = jnp.maximum(pairs, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
+    extra = {}
+    if spec.bridge is not None:
+        grads, bridge_grads = grads
+        bridge_updates, bridge_opt_state = spec.bridge.optimizer.update(bridge_grads, state.bridge_opt_state,
+                                                                        state.bridge)
+        extra = dict(bridge=optax.apply_updates(state.bridge, bridge_updates), bridge_opt_state=bridge_opt_state)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {name: value / denominator for name, value in sums.items() if name not in ("scored_tokens", "tokens")}
     metrics.update(loss=loss_sum / denominator, grad_norm=optax.global_norm(grads), lr=schedule(state.step), pairs=pairs,
                    tokens=sums["tokens"], scored_tokens=sums["scored_tokens"])
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    if spec.bridge is not None:
+        metrics["bridge/grad_norm"] = optax.global_norm(bridge_grads)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, **extra), metrics

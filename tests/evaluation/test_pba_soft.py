@@ -1,0 +1,129 @@
+"""A policy folder with a preference bridge: `alignx eval --mode pba_soft` scores with the bridge's soft
+tokens, `alignx generate --preference/--persona` conditions on the (edited) distribution."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alignx_jax import bridge, cli, data, evaluation, interop, kernels
+from alignx_jax import preferences as prefs
+from alignx_jax.evaluation import _soft
+from alignx_jax.models import llama, scoring
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cli"))
+from test_eval_cli import byte_tokenizer  # noqa: E402
+
+
+def short_records():
+    """Four users with one short comment, one short pair (with directions) and a demographic line."""
+    records = []
+    for u in range(4):
+        direction = [0.5] * prefs.NUM_DIMENSIONS
+        direction[47], direction[57] = float(u % 2), float(u // 2)  # science, law
+        pair_direction = [0.5] * prefs.NUM_DIMENSIONS
+        pair_direction[47] = direction[47]
+        records.append({
+            "prompt": f"Post {u}?", "chosen": f"yes {u}", "rejected": f"no {u}!", prefs.DIRECTION: direction,
+            prefs.DEMOGRAPHICS: f"user {u}",
+            prefs.UGC: [{"prompt": "q?", "comment": f"c{u}", prefs.DIRECTION: direction}],
+            prefs.PAIRS: [{"prompt": "p?", "chosen": f"a{u}", "rejected": f"b{u}", prefs.DIRECTION: pair_direction}],
+        })
+    return records
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A tiny random policy (byte tokenizer) with a random learned, soft-conditioned bridge."""
+    root = tmp_path_factory.mktemp("pba_soft")
+    tok = byte_tokenizer()
+    config = llama.LlamaConfig.tiny(vocab_size=320, num_layers=2)
+    params = llama.init_params(config, jax.random.key(0))
+    interop.save_native(params, config, root / "policy", tokenizer=tok)
+    bconfig = bridge.BridgeConfig(backbone_size=64, model_size=64, encoder_layer=1, persona_size=16, hidden_size=16,
+                                  soft_tokens=3)
+    bparams = jax.tree.map(np.asarray, bridge.init_params(bconfig, jax.random.key(1)))
+    bparams["soft"]["table"] = bparams["soft"]["table"] * 50  # large enough to move the scores
+    bparams["backbone"] = jax.tree.map(np.asarray, bridge.backbone_slice(params, 1))
+    saved = bridge.SavedBridge("learned", "soft", bconfig, config.replace(num_layers=1), 32, bparams)
+    bridge.save(root / "policy" / bridge.FOLDER, saved)
+    records = short_records()
+    (root / "users.json").write_text(json.dumps(records))
+    return {"root": root, "policy": str(root / "policy"), "tok": tok, "params": params, "config": config,
+            "records": records, "data": root / "users.json"}
+
+
+def test_saved_bridge_round_trips(policy):
+    loaded = bridge.load(policy["policy"])
+    assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens, loaded.item_length) == ("learned", "soft", 3, 32)
+    assert bridge.has_bridge(policy["policy"]) and not bridge.has_bridge(policy["root"])
+    (policy["root"] / "broken" / "bridge").mkdir(parents=True)
+    (policy["root"] / "broken" / "bridge" / "bridge.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bridge.json: not valid JSON"):
+        bridge.load(policy["root"] / "broken")
+
+
+def test_pba_soft_scores_with_the_bridges_soft_tokens(policy):
+    reader = evaluation.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    mode = evaluation.PbaSoftMode(bridge=reader)
+    model = (policy["params"], policy["config"])
+    rows = evaluation.score_records(policy["records"], policy=model, reference=model, tokenizer=policy["tok"],
+                                    mode=mode, seq_lengths=(256, 512))
+    assert len(rows) == 4 and all(np.isfinite(r["policy_chosen_logp"]) for r in rows)
+    # By hand for record 0: its full history -> distribution -> soft tokens in the PBA layout's slots.
+    record = policy["records"][0]
+    history = data.full_history(record)
+    soft = reader.soft_tokens(reader.distributions([history], [record]))
+    render = lambda h: data.pba_prompt(record["prompt"], data.soft_profile(3), evaluation=True)  # noqa: E731
+    pair = data.encode_pair(policy["tok"], render, history, record["chosen"], record["rejected"], max_length=512)
+    batch = data.pack_rows([[pair]], seq_len=512).as_dict()
+    length = kernels.bucket_length(scoring.scored_token_count(batch), (512,))
+    score = jax.jit(scoring.pair_logprobs, static_argnames=("config", "num_pairs", "scored_length"))
+    got = score(policy["params"], policy["config"], {k: jnp.asarray(v) for k, v in batch.items()},
+                num_pairs=1, scored_length=length, soft_tokens=jnp.asarray(soft))
+    assert rows[0]["policy_chosen_logp"] == pytest.approx(float(got.chosen[0]), abs=1e-3)
+    plain = score(policy["params"], policy["config"], {k: jnp.asarray(v) for k, v in batch.items()},
+                  num_pairs=1, scored_length=length)
+    assert abs(float(plain.chosen[0]) - float(got.chosen[0])) > 1e-3  # the soft tokens matter
+
+
+def test_alignx_eval_mode_pba_soft(policy, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--policy", policy["policy"], "--reference", policy["policy"], "--data",
+                     str(policy["data"]), "--out", str(out), "--mode", "pba_soft", "--max-length", "512"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["bridge"] == {"mode": "learned", "conditioning": "soft", "soft_tokens": 3, "encoder_layer": 1}
+
+
+def test_edits_set_the_dimension_and_change_the_soft_tokens(policy):
+    reader = evaluation.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    base = _soft.neutral_distribution()
+    up = _soft.edited(base, {"Likes humor": "positive"})
+    down = _soft.edited(base, {"Dislikes humor": "positive"})  # the negative label, set: the same dimension, negative
+    assert bridge.map_profile(up) == "Likes humor" and bridge.map_profile(down) == "Dislikes humor"
+    tokens = reader.soft_tokens(np.stack([base, up, down]))
+    assert not np.allclose(tokens[1], tokens[2]) and not np.allclose(tokens[0], tokens[1])
+
+
+def test_generate_follows_preferences_and_persona(policy, tmp_path, capsys):
+    args = ["generate", "--model", policy["policy"], "--prompt", "Any advice on packing?", "--max-new-tokens", "4",
+            "--temperature", "0", "--preference", "Likes travel=positive", "--preference", "Concise communication style=negative"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "preferences: Detailed communication style, Likes travel (as 3 soft tokens)" in captured.err
+    assert captured.out.endswith("\n")  # the (random-model) answer
+    # A model without a bridge: the persona's directions through the official rule, then the edits.
+    plain_model = tmp_path / "plain"
+    interop.save_native(policy["params"], policy["config"], plain_model, tokenizer=policy["tok"])
+    persona = policy["records"][0]
+    (tmp_path / "persona.json").write_text(json.dumps(persona))
+    assert cli.main(["generate", "--model", str(plain_model), "--prompt", "Hi?", "--max-new-tokens", "2",
+                     "--persona", str(tmp_path / "persona.json"), "--preference", "Likes science=neutral"]) == 0
+    want = prefs.official_profile_direction(data.full_history(persona).directions())
+    want[prefs.lookup("Likes science")[0].index] = 0.5
+    assert f"preferences: {prefs.profile_text(want)}\n" in capsys.readouterr().err

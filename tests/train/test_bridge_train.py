@@ -1,0 +1,128 @@
+"""A preference bridge in training: joint-mode gradients reach the encoder, the bridge and the soft
+table; `alignx train` with a `bridge:` section writes bridge_macro_f1, controllability and the bridge."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alignx_jax import bridge, data, kernels, losses
+from alignx_jax import preferences as prefs
+from alignx_jax.models import llama, scoring
+from alignx_jax.train import ConfigError, config_from_dict, train
+from alignx_jax.train import bridge as bridge_train
+from alignx_jax.train import step as step_lib
+
+K = 2
+
+
+@pytest.fixture(scope="module")
+def joint_batch(byte_tokenizer):
+    """A tiny model, bridge params, and one packed soft-slot micro-batch with persona features."""
+    config = llama.LlamaConfig.tiny(num_layers=1, hidden_size=32, intermediate_size=64)
+    params = llama.init_params(config, jax.random.key(0))
+    records = data.synthetic_records(4, seed=0, records_per_user=1, history_items=2)
+    fmt = data.PromptFormat(kind="pba", soft_tokens=K)
+    pairs = [data.encode_record(r, i, tokenizer=byte_tokenizer, prompt_format=fmt, seed=0, max_length=2048)[0]
+             for i, r in enumerate(records)]
+    batch = data.pack_rows([[p] for p in pairs], seq_len=2048, num_pair_slots=4).as_dict()
+    bconfig = bridge.BridgeConfig(backbone_size=32, model_size=32, encoder_layer=1, persona_size=16, hidden_size=16,
+                                  soft_tokens=K)
+    bparams = bridge.init_params(bconfig, jax.random.key(1))
+    rng = np.random.default_rng(0)
+    m = 5
+    labels = np.stack([np.asarray(bridge.direction_classes(prefs.binarize(r[prefs.DIRECTION]))) for r in records])
+    micro = {**{k: jnp.asarray(v) for k, v in batch.items()},
+             "persona_features": jnp.asarray(rng.standard_normal((4, m, 64)), jnp.float32),
+             "persona_types": jnp.asarray(rng.integers(0, 3, (4, m)), jnp.int32),
+             "persona_mask": jnp.asarray(np.arange(m) < np.array([[5], [3], [1], [0]])),
+             "persona_labels": jnp.asarray(labels), "persona_has_label": jnp.ones((4,), bool)}
+    return config, params, bparams, micro
+
+
+def _spec(config, micro, joint=True):
+    step = bridge_train.BridgeStep(joint=joint, ce_weight=0.5, class_weights=(10.0, 0.4, 10.0),
+                                   optimizer=optax.adam(1e-2))
+    scored = kernels.bucket_length(scoring.scored_token_count({k: np.asarray(v) for k, v in micro.items()}), (4096,))
+    return step_lib.StepSpec(model=config, loss_fn=losses.get("sigmoid"), loss_hparams=(("beta", 0.1),),
+                             reference="frozen", lora=None, num_pairs=4, scored_length=scored, bridge=step)
+
+
+def test_joint_gradients_reach_the_encoder_the_bridge_and_the_soft_table(joint_batch):
+    config, params, bparams, micro = joint_batch
+    spec = _spec(config, micro)
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None, frozen=params,
+                                bridge=bparams)
+    grad_fn = jax.grad(lambda t: step_lib._micro_loss(t, state, micro, spec)[0])
+    _, bridge_grads = grad_fn((params, bparams))
+    norms = {"/".join(str(getattr(k, "key", k)) for k in path): float(jnp.linalg.norm(g))
+             for path, g in jax.tree_util.tree_leaves_with_path(bridge_grads)}
+    assert all(np.isfinite(v) for v in norms.values()), norms
+    for name in ("encoder/type_kernel", "encoder/query", "encoder/key", "encoder/value", "encoder/empty",
+                 "bridge/w1", "bridge/w2", "bridge/b2", "soft/table"):
+        assert norms[name] > 0, (name, norms)
+    # Without joint training the bridge network gets nothing: only the table learns (from DPO).
+    fixed = {**micro, "persona_dist": bridge.direction_distribution(jnp.full((4, 90), 0.5))}
+    spec_fixed = _spec(config, micro, joint=False)
+    _, fixed_grads = jax.grad(lambda t: step_lib._micro_loss(t, state, fixed, spec_fixed)[0])((params, bparams))
+    assert float(jnp.linalg.norm(fixed_grads["soft"]["table"])) > 0
+    assert float(jnp.linalg.norm(fixed_grads["encoder"]["query"])) == 0
+
+
+def test_train_step_updates_policy_and_bridge(joint_batch):
+    config, params, bparams, micro = joint_batch
+    spec = _spec(config, micro)
+    optimizer = optax.adam(1e-3)
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                                frozen=params, bridge=bparams, bridge_opt_state=spec.bridge.optimizer.init(bparams))
+    batch = jax.tree.map(lambda x: x[None], micro)
+    new, metrics = jax.jit(step_lib.train_step, static_argnames=("spec", "optimizer", "schedule"))(
+        state, batch, jax.random.key(0), spec=spec, optimizer=optimizer, schedule=optax.constant_schedule(1e-3))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["bridge/grad_norm"]) > 0
+    assert float(metrics["bridge/ce"]) > 0
+    assert not np.allclose(np.asarray(new.bridge["soft"]["table"]), np.asarray(bparams["soft"]["table"]))
+    assert not np.allclose(np.asarray(new.bridge["encoder"]["query"]), np.asarray(bparams["encoder"]["query"]))
+
+
+TINY = {
+    "seed": 0, "steps": 3, "checkpoint_every": 3, "progress": False,
+    "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
+              "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
+    "data": {"synthetic": {"users": 8, "records_per_user": 2, "history_items": 2},
+             "heldout_synthetic": {"users": 4, "records_per_user": 2, "history_items": 2},
+             "prompt": "pba", "rows": 4, "seq_lengths": [256, 1024], "max_pairs_per_row": 2, "scored_buckets": [1024, 2048]},
+    "optimizer": {"lr": 1e-3},
+    "eval": {"rows": 4},
+    "bridge": {"mode": "learned", "conditioning": "soft", "soft_tokens": 2, "pretrain_steps": 4, "pretrain_batch": 8,
+               "persona_size": 16, "hidden_size": 16, "item_length": 48, "joint": True, "probes": 6},
+}
+
+
+@pytest.mark.parametrize("conditioning", ["soft", "text"])
+def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
+    bridge_section = {**TINY["bridge"], "conditioning": conditioning, "joint": conditioning == "soft"}
+    out = tmp_path / "run"
+    summary = train(config_from_dict({**TINY, "bridge": bridge_section, "out_dir": str(out)}))
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("bridge_macro_f1", "bridge_majority_macro_f1", "controllability", "probe_accuracy", "eval_accuracy"):
+        assert saved[key] is not None and 0 <= saved[key] <= 1, (key, saved[key])
+    assert 1 <= saved["controllability_n"] <= 6 and len(saved["bridge_pretrain"]) >= 1
+    assert summary["bridge_conditioning"] == conditioning
+    loaded = bridge.load(out / "model")
+    assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens) == ("learned", conditioning, 2)
+    assert loaded.params["soft"]["table"].shape == (2, 90, 3, 32)
+    assert loaded.backbone_config.num_layers == 1 and "backbone" in loaded.params
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {**TINY["data"], "prompt": "ica"}}, "'bridge' conditions a PBA policy: set data.prompt: pba"),
+    ({"bridge": {"joint": True, "conditioning": "text"}}, "'bridge.joint' trains the bridge through the policy"),
+    ({"bridge": {"mode": "lerned"}}, "did you mean 'learned'?"),
+    ({"bridge": {"soft_tokens": 0}}, "'bridge.soft_tokens' must be >= 1"),
+    ({"bridge": {"encoder_trainable": True}}, "not supported in this version"),
+])
+def test_bridge_config_errors_name_the_key(change, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        config_from_dict({**TINY, **change})
