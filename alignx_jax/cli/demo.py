@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                               description="Held-out accuracy before and after a few minutes of ICA training, per "
                                           "persona; export to PyTorch; answers for two opposite users.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}; a previous demo's is replaced)")
-    p.add_argument("--steps", type=int, default=16, help="training steps (4 pairs each)")
+    p.add_argument("--steps", type=int, default=18, help="training steps (4 pairs each)")
     p.add_argument("--psoups", default=None,
                    help="P-Soups friendly/unfriendly JSON (default: ../shared/data/ beside the checkout, when present)")
     p.add_argument("--max-new-tokens", type=int, default=60)
@@ -66,11 +66,11 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     return config_from_dict({
         "out_dir": str(out / "train"), "seed": seed, "steps": steps, "model": "smollm2-135m-instruct",
         "data": {"synthetic": {"users": 400, "records_per_user": 2, "history_items": 1},
-                 "heldout_synthetic": {"users": 8, "records_per_user": 3, "history_items": 1},
+                 "heldout_synthetic": {"users": 6, "records_per_user": 6, "history_items": 1},
                  "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
                  "scored_buckets": [512, 1024]},
         "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
-        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1.5e-3, "warmup_steps": 2, "schedule": "cosine"},
         "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
     })
 
