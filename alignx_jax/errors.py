@@ -11,6 +11,10 @@ wrong argument from calling code stays a plain ValueError/TypeError.
 """
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 
 class AlignxError(Exception):
     """Bad input: the message names the file, record, key or value and what was expected."""
@@ -45,4 +49,14 @@ def cause(error: BaseException, limit: int = 300) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-__all__ = ["AlignxError", "InputError", "KeyMismatchError", "MissingFileError", "RecordError", "cause"]
+def read_json(path: str | os.PathLike, *, name: str | None = None) -> Any:
+    """The JSON value in `path`; InputError `<name>: not valid JSON (...)` for a file that is not UTF-8
+    JSON (`name` defaults to the path; an absent file raises the builtin FileNotFoundError)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{name or path}: not valid JSON ({error})") from None
+
+
+__all__ = ["AlignxError", "InputError", "KeyMismatchError", "MissingFileError", "RecordError", "cause", "read_json"]

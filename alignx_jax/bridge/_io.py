@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from alignx_jax.bridge._networks import BridgeConfig
-from alignx_jax.errors import InputError, MissingFileError
+from alignx_jax.errors import InputError, MissingFileError, read_json
 from alignx_jax.models import llama
 
 FOLDER = "bridge"
@@ -105,10 +105,7 @@ def load(folder: str | os.PathLike) -> SavedBridge:
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise MissingFileError(f"{config_path}: missing, so {folder} holds no preference bridge")
-    try:
-        meta = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{config_path}: not valid JSON ({error})") from None
+    meta = read_json(config_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{config_path}: not a bridge description of format {FORMAT}")
     if meta.get("mode") not in MODES or meta.get("conditioning") not in CONDITIONINGS:

@@ -10,12 +10,11 @@ something else, different tokenizers) happens before a model is loaded, and leav
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
 
-from alignx_jax.errors import InputError, MissingFileError
+from alignx_jax.errors import InputError, MissingFileError, read_json
 
 MODES = ("ica", "pba_text", "pba_soft")
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
@@ -276,10 +275,7 @@ def _compare(folders: list[pathlib.Path]) -> int:
         path = folder / "report.json"
         if not path.is_file():
             raise MissingFileError(f"--compare {folder}: no report.json (not a finished `alignx eval` folder)")
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"{path}: not valid JSON ({error})") from None
+        report = read_json(path)
         if not isinstance(report, dict) or "per_persona" not in report:
             raise InputError(f"{path}: not an `alignx eval` report (no per_persona)")
         name = str(folder)

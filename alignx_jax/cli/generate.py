@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import pathlib
 import sys
 
@@ -119,14 +118,11 @@ def load_persona(path: pathlib.Path) -> dict:
     """One user's persona from a JSON file: an object (an AlignX record, or its persona fields), or a
     list whose first object is used."""
     from alignx_jax import preferences as prefs
-    from alignx_jax.errors import MissingFileError
+    from alignx_jax.errors import MissingFileError, read_json
 
     if not path.is_file():
         raise MissingFileError(f"--persona {path}: no such file")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"--persona {path}: not valid JSON ({error})") from None
+    value = read_json(path, name=f"--persona {path}")
     if isinstance(value, list) and value:
         value = value[0]
     fields = (prefs.UGC, prefs.PAIRS, prefs.DEMOGRAPHICS, prefs.DIRECTION)
