@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {summary['eval_accuracy']:.3f} (worst persona "
               f"{summary['eval_worst_persona_accuracy']:.3f}), policy-only {summary['eval_accuracy_logp']:.3f} "
               f"(worst persona {summary['eval_worst_persona_accuracy_logp']:.3f}), n={summary['eval_n']}")
-    print(f"{summary['steps']} steps in {summary['wall_time_s']:.0f}s; final loss {summary['final_loss']:.4f}; "
-          f"model in {config.out_dir}/model")
+    # A rerun of a finished run resumes past its last step and takes none: no loss this time.
+    loss = "" if summary["final_loss"] is None else f"; final loss {summary['final_loss']:.4f}"
+    print(f"{summary['steps']} steps in {summary['wall_time_s']:.0f}s{loss}; model in {config.out_dir}/model")
     return 0

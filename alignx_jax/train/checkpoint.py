@@ -86,10 +86,12 @@ class Checkpoints:
         self._manager.close()
 
 
-def saved_state(state: Any) -> dict:
-    """What of a TrainState goes into a checkpoint (the frozen model does not; a trained preference
-    bridge does)."""
+def saved_state(state: Any, *, with_frozen: bool = False) -> dict:
+    """What of a TrainState goes into a checkpoint (the frozen model only `with_frozen`, when it is not
+    the start model; a trained preference bridge does)."""
     saved = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if with_frozen:
+        saved["frozen"] = state.frozen
     if getattr(state, "bridge", None) is not None:
         saved.update(bridge=state.bridge, bridge_opt_state=state.bridge_opt_state)
     return saved

@@ -162,6 +162,16 @@ class BridgeSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LmWarmupConfig:
+    """`steps` of next-token loss on the training rows (prompt, history and chosen response; constant
+    `lr` after a 10% linear warmup) before the preference steps; the warmed model is then the reference
+    (train/lm_warmup.py). 0 = none: the start model is the reference."""
+
+    steps: int = 0
+    lr: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     out_dir: str = "runs/alignx"
     seed: int = 0
@@ -186,6 +196,7 @@ class TrainConfig:
     export_hf: bool = False  # also write out_dir/hf (transformers folder)
     device_memory_gib: float | None = None  # when set, refuse a run whose planned memory per device exceeds it
     bridge: BridgeSection | None = None  # PBA conditioned by a preference bridge (issue 14)
+    lm_warmup: LmWarmupConfig = LmWarmupConfig()
 
     def __post_init__(self):
         _check_ranges(self)
@@ -227,6 +238,12 @@ def _check_ranges(c: TrainConfig) -> None:
         raise ConfigError(f"config key 'lora.targets': unknown projection(s) {unknown}; known: {list(LORA_TARGETS)}")
     if c.model.name == "random" and not c.model.tokenizer:
         raise ConfigError("config key 'model.tokenizer' is required when model.name is 'random'")
+    _positive(c.lm_warmup.steps, "lm_warmup.steps", 0)
+    if c.lm_warmup.lr <= 0:
+        raise ConfigError(f"config key 'lm_warmup.lr' must be > 0, got {c.lm_warmup.lr}")
+    if c.lm_warmup.steps and c.reference == "precomputed":
+        raise ConfigError("config key 'lm_warmup.steps': the warmed model becomes the reference, which "
+                          "reference: precomputed cannot hold; use reference: frozen or lora")
     if c.bridge is not None:
         for key in ("soft_tokens", "encoder_layer", "persona_size", "hidden_size", "max_items", "pretrain_batch",
                     "probes"):

@@ -38,7 +38,7 @@ from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
 from alignx_jax.train import heldout as heldout_lib
 from alignx_jax.train import bridge as bridge_train
-from alignx_jax.train import lora, memory, metrics, reference_cache
+from alignx_jax.train import lm_warmup, lora, memory, metrics, reference_cache
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
 from alignx_jax.train.step import StepSpec, TrainState, policy_params, train_step
@@ -353,12 +353,17 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         on_long_response=config.data.on_long_response)
     iterator = iter(dataset)
     checkpoints = ckpt.Checkpoints(run.out_dir / "checkpoints", keep=config.keep_checkpoints)
+    warmed = config.lm_warmup.steps > 0  # the reference is the warmed model: checkpoints hold it
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            ckpt.saved_state(state), ckpt.saved_state(run.state_shardings))
+                            ckpt.saved_state(state, with_frozen=warmed),
+                            ckpt.saved_state(run.state_shardings, with_frozen=warmed))
     restored = checkpoints.restore(abstract, iterator, warn=reporter.message)
     if restored is not None:
         state = state.replace(**restored.state)
         reporter.message(f"resumed from {checkpoints.directory / str(restored.step)}")
+    elif warmed:
+        state = _lm_warmup(run, state, reporter)
+        checkpoints.save(0, ckpt.saved_state(state, with_frozen=True), iterator, {"seed": config.seed})
     start_step = int(state.step)
     reference = _precompute_reference(run, reporter) if config.reference == "precomputed" else None
     held = None
@@ -416,7 +421,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
                 writer.write(row)
             reporter.step(step + 1, row)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or flag["stop"]:
-                checkpoints.save(step + 1, ckpt.saved_state(state), iterator, {"seed": config.seed})
+                checkpoints.save(step + 1, ckpt.saved_state(state, with_frozen=warmed), iterator, {"seed": config.seed})
             if flag["stop"]:
                 preempted = step + 1 < config.steps
                 break
@@ -428,6 +433,54 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         reporter.message(f"SIGTERM: saved checkpoint {int(state.step)} in {checkpoints.directory}; rerun to resume")
         return {"preempted": True, "step": int(state.step)}
     return _finish(run, state, held, last_row, eval_rows, started, reporter)
+
+
+def _lm_warmup(run: _Run, state: TrainState, reporter: Reporter) -> TrainState:
+    """`lm_warmup.steps` of next-token loss on the training rows (train/lm_warmup.py, its own data order,
+    rows in out_dir/lm_warmup.jsonl); returns the state the preference steps start from: the warmed model
+    as the policy and the reference (LoRA: merged into the base, fresh adapters), fresh optimizer states."""
+    config, spec = run.config, run.spec
+    steps = config.lm_warmup.steps
+    optimizer = make_optimizer(config_lib.OptimizerConfig(lr=config.lm_warmup.lr, warmup_steps=max(steps // 10, 1),
+                                                          schedule="constant"), steps)
+    trainable = state.params if spec.bridge is None else (state.params, state.bridge)
+    opt_state = jax.jit(optimizer.init)(trainable)
+    iterator = iter(data_lib.packed_batches(
+        run.splits.train, tokenizer=run.tokenizer, config=train_data.packing_config(config.data, jax.process_count()),
+        prompt_format=run.prompt_format(), seed=config.seed + 1, num_epochs=None,
+        on_long_response=config.data.on_long_response))
+    step_fn = jax.jit(lm_warmup.warmup_step, static_argnames=("spec", "optimizer"), donate_argnums=(0, 1))
+    row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh)
+    log = (run.out_dir / "lm_warmup.jsonl").open("w") if jax.process_index() == 0 else None
+    every = max(steps // 10, 1)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+        for step in range(steps):
+            micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
+            batch, _ = train_data.assemble(micro, buckets=run.buckets, row_sharding=row_sharding,
+                                           pair_sharding=pair_sharding, extra=bridge_train.batch_extras(run.bridge, micro))
+            tick = time.perf_counter()
+            trainable, opt_state, step_metrics = step_fn(trainable, opt_state, state.frozen, batch, spec=spec,
+                                                         optimizer=optimizer)
+            row = {"step": step + 1, **{k: float(v) for k, v in jax.device_get(step_metrics).items()},
+                   "seconds": time.perf_counter() - tick}
+            if not math.isfinite(row["nll"]):
+                raise FloatingPointError(f"LM warm-up step {step + 1}: the loss is {row['nll']} "
+                                         f"(lm_warmup.lr {config.lm_warmup.lr:.3g})")
+            if log is not None:
+                log.write(json.dumps(row) + "\n")
+            if (step + 1) % every == 0:
+                reporter.message(f"LM warm-up {step + 1}/{steps}: next-token NLL {row['nll']:.3f}")
+    if log is not None:
+        log.close()
+    model_params, bridge_params = trainable if spec.bridge is not None else (trainable, None)
+    warm = lora.merge(state.frozen, model_params, spec.lora) if spec.reference == "lora" else model_params
+    warm = jax.device_put(warm, train_sharding.param_shardings(run.model, run.mesh))
+    fresh, _ = create_state(config, warm, run.model, run.mesh, run.optimizer)
+    if bridge_params is not None:
+        repl = train_sharding.replicated(run.mesh)
+        fresh = fresh.replace(bridge=bridge_params,
+                              bridge_opt_state=jax.jit(spec.bridge.optimizer.init, out_shardings=repl)(bridge_params))
+    return fresh
 
 
 def _bridge_probes(run: _Run, reference_score) -> dict:
