@@ -186,22 +186,29 @@ def learned_distribution(params: dict, features: chex.Array, item_types: chex.Ar
 
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
-    """Inverse-frequency class weights [3] from training class labels (int [N, 90]):
-    w_c = n / (3 n_c), so that the weighted classes count equally (a class never seen gets 0)."""
-    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=_rules.NUM_CLASSES).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / (_rules.NUM_CLASSES * np.maximum(counts, 1)), 0.0)
+    """Inverse-frequency class weights per dimension [90, 3] from training class labels (int [N, 90]):
+    w_dc = N / (k_d N_dc), k_d the number of classes dimension d shows, so that within every dimension
+    the classes it shows count equally (a class it never shows gets 0; a never-marked dimension: 1 on
+    neutral). Per dimension, not pooled: pooled over the mostly neutral 90 dimensions, a mark would
+    weigh ~60x a neutral and the bridge would call every unsure dimension marked."""
+    labels = np.asarray(labels)
+    counts = np.stack([(labels == c).sum(0) for c in range(_rules.NUM_CLASSES)], -1).astype(np.float64)  # [90, 3]
+    shown = (counts > 0).sum(-1, keepdims=True)
+    weights = np.where(counts > 0, len(labels) / (np.maximum(shown, 1) * np.maximum(counts, 1)), 0.0)
     return weights.astype(np.float32)
 
 
 def class_balanced_ce(logits: chex.Array, labels: chex.Array, weights: chex.Array) -> chex.Array:
     """Per-example class-balanced cross-entropy [B]:
 
-        ce_b = (1 / 90) * sum_d w[y_bd] * -log softmax(logits_bd)[y_bd]
+        ce_b = (1 / 90) * sum_d w[d, y_bd] * -log softmax(logits_bd)[y_bd]
 
-    logits [B, 90, 3]; labels int32 [B, 90] (class indices); weights float [3] (`class_weights`).
-    The caller averages over examples.
+    logits [B, 90, 3]; labels int32 [B, 90] (class indices); weights float [90, 3] (`class_weights`),
+    or [3], the same for every dimension. The caller averages over examples.
     """
-    chex.assert_rank([logits, labels, weights], [3, 2, 1])
+    chex.assert_rank([logits, labels], [3, 2])
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-    return jnp.mean(weights[labels] * nll, axis=-1)
+    per_dim = jnp.broadcast_to(jnp.asarray(weights, jnp.float32), logits.shape[1:])  # [90, 3]
+    w = jnp.take_along_axis(per_dim[None], labels[..., None], axis=-1)[..., 0]
+    return jnp.mean(w * nll, axis=-1)

@@ -12,7 +12,8 @@
 
 The item features come from the start model's first `encoder_layer` layers, frozen, so they are
 computed once per item and looked up by record (the step carries [P, M, 2D] features per pair,
-never item tokens). Rule modes (`official`, `golden`) have no encoder and no bridge network: their
+never item tokens). With `encoder_trainable`, those layers learn during pretraining (the CE step
+encodes the drawn items' tokens), then freeze and the features are computed again, once. Rule modes (`official`, `golden`) have no encoder and no bridge network: their
 one-hot distributions come from the landed rules; with soft conditioning only the table trains.
 """
 from __future__ import annotations
@@ -93,9 +94,10 @@ def _split_items(items: data.PersonaItems) -> tuple[np.ndarray, np.ndarray, np.n
     return np.flatnonzero(t == data.UGC_ITEM), np.flatnonzero(t == data.PAIR_ITEM), np.flatnonzero(t == data.DEMO_ITEM)
 
 
-def draw_items(items: data.PersonaItems, rng: np.random.Generator, demo_probability: float = 0.5) -> np.ndarray:
+def draw_items(items: data.PersonaItems, rng: np.random.Generator, demo_probability: float = 1.0) -> np.ndarray:
     """A persona as training shows it: the official draw of 0-4 UGC items and 0-4 pairs (both 0:
-    up to 4 of each), and the demographic text with `demo_probability`."""
+    up to 4 of each), and the demographic text with `demo_probability` (held-out personas show it
+    always: a lower value trains for personas without one)."""
     ugc, pairs, demo = _split_items(items)
     num_ugc = min(int(rng.integers(0, 5)), len(ugc))
     num_pairs = min(int(rng.integers(0, 5)), len(pairs))
@@ -133,22 +135,31 @@ def _table(records, tokenizer, section: BridgeSection, backbone, backbone_config
     if seed is None:
         draws = [np.arange(len(it)) for it in items]
     else:
-        draws = [draw_items(it, np.random.default_rng([seed, 14, i])) for i, it in enumerate(items)]
+        draws = [draw_items(it, np.random.default_rng([seed, 14, i]), section.demo_probability)
+                 for i, it in enumerate(items)]
     return PersonaTable(items, features, labels, has, draws)
 
 
-def persona_arrays(table: PersonaTable, indices: Sequence[int], draws: Sequence[np.ndarray], max_items: int
-                   ) -> dict[str, np.ndarray]:
+def persona_arrays(table: PersonaTable, indices: Sequence[int], draws: Sequence[np.ndarray], max_items: int,
+                   *, with_tokens: bool = False) -> dict[str, np.ndarray]:
     """Static-shape persona arrays of some records: features [B, M, 2D] (learned mode), types [B, M],
-    mask [B, M], item directions [B, M, 90] and their mask, labels [B, 90], has_label [B]."""
+    mask [B, M], item directions [B, M, 90] and their mask, labels [B, 90], has_label [B]; with_tokens:
+    also the items' views, item_tokens int32 [B, M, 2, L] and item_token_mask [B, M, 2, L]."""
     out = {k: [] for k in ("features", "types", "mask", "directions", "direction_mask")}
+    tokens, token_mask = [], []
     for i, draw in zip(indices, draws):
         items = table.items[i].take(draw)
         width = table.features[i].shape[-1] if table.features is not None else 1
         features = table.features[i][draw] if table.features is not None else np.zeros((len(draw), width), np.float32)
         for key, value in zip(out, data.pad_items(features, items, max_items)):
             out[key].append(value)
+        if with_tokens:
+            pad = ((0, max_items - len(items)), (0, 0), (0, 0))
+            tokens.append(np.pad(items.tokens, pad))
+            token_mask.append(np.pad(items.token_mask, pad))
     arrays = {k: np.stack(v) for k, v in out.items()}
+    if with_tokens:
+        arrays.update(item_tokens=np.stack(tokens).astype(np.int32), item_token_mask=np.stack(token_mask))
     arrays["labels"] = table.labels[np.asarray(indices)]
     arrays["has_label"] = table.has_label[np.asarray(indices)]
     return arrays
@@ -191,19 +202,29 @@ def distributions(setup: BridgeSetup, params: dict, table: PersonaTable, records
 
 # ---- pretraining ----------------------------------------------------------------------------------
 
-def _ce_loss(params, arrays, weights):
+def _ce_loss(params, arrays, weights, backbone_config=None):
+    """Class-balanced CE over the labelled personas; with `params["backbone"]` (a trainable encoder)
+    the features are encoded from the items' tokens here, so the backbone gets gradients."""
+    if "backbone" in params:
+        features = bridge_lib.item_features(params["backbone"], backbone_config, arrays["item_tokens"],
+                                            arrays["item_token_mask"])
+    else:
+        features = arrays["features"]
     logits = bridge_lib.bridge_logits(params["bridge"], bridge_lib.pool_items(
-        params["encoder"], arrays["features"], arrays["types"], arrays["mask"]))
+        params["encoder"], features, arrays["types"], arrays["mask"]))
     per_example = bridge_lib.class_balanced_ce(logits, arrays["labels"], weights)
     valid = arrays["has_label"].astype(jnp.float32)
     return jnp.sum(per_example * valid) / jnp.maximum(valid.sum(), 1.0)
 
 
-def pretrain(setup: BridgeSetup, seed: int, report=lambda text: None) -> dict:
+def pretrain(setup: BridgeSetup, seed: int, report=lambda text: None) -> tuple[dict, dict]:
     """Class-balanced CE of the learned bridge on the training records' personas (a fresh random
-    draw of items each time); returns the params and logs the loss and held-out macro-F1."""
+    draw of items each time); returns (params, backbone) and logs the loss and held-out macro-F1.
+    With `encoder_trainable` the backbone layers learn too; else the returned backbone is the given one."""
     section = setup.section
     trainable = {"encoder": setup.params["encoder"], "bridge": setup.params["bridge"]}
+    if section.encoder_trainable:
+        trainable["backbone"] = setup.backbone
     optimizer = optax.adamw(optax.cosine_decay_schedule(section.pretrain_lr, max(section.pretrain_steps, 1),
                                                         alpha=0.1))
     opt_state = optimizer.init(trainable)
@@ -211,29 +232,34 @@ def pretrain(setup: BridgeSetup, seed: int, report=lambda text: None) -> dict:
 
     @jax.jit
     def step(params, opt_state, arrays):
-        loss, grads = jax.value_and_grad(_ce_loss)(params, arrays, weights)
+        loss, grads = jax.value_and_grad(_ce_loss)(params, arrays, weights, setup.backbone_config)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     labelled = np.flatnonzero(setup.train.has_label)
     if not len(labelled):
         raise InputError(f"bridge mode learned needs training records with a {prefs.DIRECTION!r} to learn from")
-    keys = ("features", "types", "mask", "labels", "has_label")
+    keys = ("types", "mask", "labels", "has_label") + (
+        ("item_tokens", "item_token_mask") if section.encoder_trainable else ("features",))
     for i in range(section.pretrain_steps):
         rng = np.random.default_rng([seed, 14, 1, i])
         idx = rng.choice(labelled, section.pretrain_batch, replace=len(labelled) < section.pretrain_batch)
-        draws = [draw_items(setup.train.items[j], rng) for j in idx]
-        arrays = persona_arrays(setup.train, idx, draws, section.max_items)
+        draws = [draw_items(setup.train.items[j], rng, section.demo_probability) for j in idx]
+        arrays = persona_arrays(setup.train, idx, draws, section.max_items, with_tokens=section.encoder_trainable)
         trainable, opt_state, loss = step(trainable, opt_state, {k: arrays[k] for k in keys})
         if (i + 1) % max(section.pretrain_steps // 5, 1) == 0 or i + 1 == section.pretrain_steps:
             row = {"pretrain_step": i + 1, "ce": float(loss)}
             if setup.heldout_records:
+                if section.encoder_trainable:  # the held-out features of the backbone as it is now
+                    setup.heldout.features = _features(setup.heldout.items, trainable["backbone"],
+                                                       setup.backbone_config, section.item_length)
                 row.update(macro_f1_report(setup, {**setup.params, **trainable}))
             setup.pretrain_log.append(row)
             report(f"bridge pretraining step {i + 1}/{section.pretrain_steps}: ce {float(loss):.4f}"
                    + (f", held-out macro-F1 {row['macro_f1']:.3f} (majority {row['majority_macro_f1']:.3f})"
                       if "macro_f1" in row else ""))
-    return {**setup.params, **trainable}
+    backbone = trainable.pop("backbone", setup.backbone)
+    return {**setup.params, **trainable}, backbone
 
 
 def macro_f1_report(setup: BridgeSetup, params: dict) -> dict:
@@ -271,11 +297,16 @@ def setup(section: BridgeSection, *, train_records: list[dict], heldout_records:
     heldout = _table(heldout_records, tokenizer, section, backbone, backbone_config, seed=None)
     initial = bridge_lib.init_params(config, jax.random.key(seed + 14))
     kept = initial if section.mode == "learned" else {"soft": initial["soft"]}
-    weights = bridge_lib.class_weights(train.labels[train.has_label]) if train.has_label.any() else np.ones(3, np.float32)
+    weights = bridge_lib.class_weights(train.labels[train.has_label]) if train.has_label.any() else \
+        np.ones((prefs.NUM_DIMENSIONS, bridge_lib.NUM_CLASSES), np.float32)
     out = BridgeSetup(section, config, backbone, backbone_config, train, heldout, weights, kept, [],
                       list(train_records), list(heldout_records))
     if section.mode == "learned" and section.pretrain_steps:
-        out.params = pretrain(out, seed, report)
+        out.params, trained_backbone = pretrain(out, seed, report)
+        if section.encoder_trainable:  # frozen from here on: every item is encoded again, once
+            out.backbone = trained_backbone
+            for table in (out.train, out.heldout):
+                table.features = _features(table.items, trained_backbone, backbone_config, section.item_length)
     if not section.conditioning == "soft" or not section.joint:
         out.train_dist = distributions(out, out.params, train, train_records)
     return out
@@ -322,7 +353,7 @@ class BridgeStep:
 
     joint: bool
     ce_weight: float
-    class_weights: tuple[float, ...]
+    class_weights: tuple  # [90][3] floats (or [1][3]), `bridge.class_weights` as nested tuples
     optimizer: Any  # optax.GradientTransformation of the bridge params
 
     def distribution(self, params, micro):
@@ -353,7 +384,8 @@ def step_spec(setup: BridgeSetup | None, optimizer_config: OptimizerConfig, step
     optimizer = optax.adamw(lr)
     if optimizer_config.clip_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(optimizer_config.clip_norm), optimizer)
-    return BridgeStep(setup.section.joint, setup.section.ce_weight, tuple(float(w) for w in setup.class_weights),
+    return BridgeStep(setup.section.joint, setup.section.ce_weight, tuple(map(tuple, np.asarray(setup.class_weights,
+                                                                                              float).reshape(-1, 3))),
                       optimizer)
 
 

@@ -451,7 +451,7 @@ def _lm_warmup(run: _Run, state: TrainState, reporter: Reporter) -> TrainState:
         on_long_response=config.data.on_long_response))
     step_fn = jax.jit(lm_warmup.warmup_step, static_argnames=("spec", "optimizer"), donate_argnums=(0, 1))
     row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh)
-    log = (run.out_dir / "lm_warmup.jsonl").open("w") if jax.process_index() == 0 else None
+    log = (run.out_dir / "lm_warmup.jsonl").open("w", buffering=1) if jax.process_index() == 0 else None
     every = max(steps // 10, 1)
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
         for step in range(steps):

@@ -83,16 +83,25 @@ def test_padding_items_and_tokens_change_nothing(setup):
     np.testing.assert_array_equal(base[2], np.asarray(s["bparams"]["encoder"]["empty"]))
 
 
-def test_class_balanced_ce_is_the_formula_and_weights_balance_the_classes():
-    labels = np.array([[1] * 88 + [0, 2]] * 3 + [[1] * 90])
+def test_class_balanced_ce_is_the_formula_and_weights_balance_the_classes_per_dimension():
+    labels = np.array([[1] * 88 + [0, 2]] * 3 + [[1] * 88 + [1, 0]])
     weights = bridge.class_weights(labels)
-    counts = np.bincount(labels.reshape(-1), minlength=3)
-    np.testing.assert_allclose(weights * counts, [labels.size / 3] * 3, rtol=1e-6)
+    assert weights.shape == (90, 3)
+    # Within each dimension, the classes it shows count equally (weight x count = N / classes shown).
+    np.testing.assert_allclose(weights[0], [0, 1, 0])  # never marked: neutral only, weight 1
+    np.testing.assert_allclose(weights[88], [4 / (2 * 3), 4 / (2 * 1), 0], rtol=1e-6)  # 3 negative, 1 neutral
+    np.testing.assert_allclose(weights[89], [4 / (2 * 1), 0, 4 / (2 * 3)], rtol=1e-6)  # 1 negative, 3 positive
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((4, 90, 3)).astype(np.float32)
     got = np.asarray(bridge.class_balanced_ce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights)))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    want = np.mean(weights[labels] * -np.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)
+    w = weights[np.arange(90)[None], labels]
+    want = np.mean(w * -np.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # One weight per class, the same for every dimension, is the [3] form.
+    flat = np.array([2.0, 0.5, 3.0], np.float32)
+    got = np.asarray(bridge.class_balanced_ce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(flat)))
+    want = np.mean(flat[labels] * -np.take_along_axis(logp, labels[..., None], -1)[..., 0], axis=-1)
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 

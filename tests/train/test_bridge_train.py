@@ -43,7 +43,7 @@ def joint_batch(byte_tokenizer):
 
 
 def _spec(config, micro, joint=True):
-    step = bridge_train.BridgeStep(joint=joint, ce_weight=0.5, class_weights=(10.0, 0.4, 10.0),
+    step = bridge_train.BridgeStep(joint=joint, ce_weight=0.5, class_weights=((10.0, 0.4, 10.0),),
                                    optimizer=optax.adam(1e-2))
     scored = kernels.bucket_length(scoring.scored_token_count({k: np.asarray(v) for k, v in micro.items()}), (4096,))
     return step_lib.StepSpec(model=config, loss_fn=losses.get("sigmoid"), loss_hparams=(("beta", 0.1),),
@@ -121,8 +121,33 @@ def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     ({"bridge": {"joint": True, "conditioning": "text"}}, "'bridge.joint' trains the bridge through the policy"),
     ({"bridge": {"mode": "lerned"}}, "did you mean 'learned'?"),
     ({"bridge": {"soft_tokens": 0}}, "'bridge.soft_tokens' must be >= 1"),
-    ({"bridge": {"encoder_trainable": True}}, "not supported in this version"),
+    ({"bridge": {"encoder_trainable": True, "mode": "official"}}, "'bridge.encoder_trainable' trains the encoder"),
 ])
 def test_bridge_config_errors_name_the_key(change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         config_from_dict({**TINY, **change})
+
+
+def test_a_trainable_encoder_learns_in_pretraining_then_every_item_is_encoded_again(byte_tokenizer):
+    config = llama.LlamaConfig.tiny(num_layers=1, hidden_size=32, intermediate_size=64)
+    params = llama.init_params(config, jax.random.key(0))
+    records = data.synthetic_records(8, seed=0, records_per_user=1, history_items=2)
+    heldout = data.synthetic_records(2, seed=1, records_per_user=1, history_items=2)
+    section = config_from_dict({**TINY, "out_dir": "x", "bridge": {**TINY["bridge"], "encoder_trainable": True}}).bridge
+    setup = bridge_train.setup(section, train_records=records, heldout_records=heldout, params=params, model=config,
+                               tokenizer=byte_tokenizer, seed=0)
+    start = bridge.backbone_slice(params, 1)
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(setup.backbone), jax.tree.leaves(start))]
+    assert any(moved)  # the CE reached the backbone layers
+    one_layer = config.replace(num_layers=1)
+    for table in (setup.train, setup.heldout):  # the features are the trained backbone's, not the start's
+        items = table.items[0]
+        trained = bridge.encode_views(setup.backbone, one_layer, items.tokens.reshape(-1, 48),
+                                      items.token_mask.reshape(-1, 48)).reshape(len(items), -1)
+        np.testing.assert_allclose(table.features[0], trained, rtol=1e-5, atol=1e-6)
+        before = bridge.encode_views(start, one_layer, items.tokens.reshape(-1, 48),
+                                     items.token_mask.reshape(-1, 48)).reshape(len(items), -1)
+        assert not np.allclose(table.features[0], before)
+    saved = bridge_train.saved(setup, None)  # what `alignx generate --persona` encodes new personas with
+    np.testing.assert_array_equal(saved.params["backbone"]["embed"]["embedding"],
+                                  np.asarray(setup.backbone["embed"]["embedding"]))
