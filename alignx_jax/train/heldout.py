@@ -83,14 +83,16 @@ def score_all(batches: Sequence[Mapping[str, np.ndarray]], num_records: int,
     return chosen, rejected
 
 
-def score_start(heldout: HeldOut, score) -> None:
-    """Score the start model once: as the reference (few-shot prompt) and as the untrained policy
-    (the run's prompt; the same scores when the two prompts are the same)."""
+def score_start(heldout: HeldOut, score, start_score=None) -> None:
+    """Score once, before the steps: the reference (few-shot prompt) with `score`, and the untrained
+    policy (the run's prompt) with `start_score`, which defaults to `score` (the start model is the
+    reference, unless an LM warm-up made the reference); shared when the prompts are the same too."""
     heldout.ref_chosen, heldout.ref_rejected = score_all(heldout.reference_batches, len(heldout.records), score)
-    if heldout.policy_batches is heldout.reference_batches:
+    if start_score is None and heldout.policy_batches is heldout.reference_batches:
         heldout.start_chosen, heldout.start_rejected = heldout.ref_chosen, heldout.ref_rejected
     else:
-        heldout.start_chosen, heldout.start_rejected = score_all(heldout.policy_batches, len(heldout.records), score)
+        heldout.start_chosen, heldout.start_rejected = score_all(heldout.policy_batches, len(heldout.records),
+                                                                 start_score or score)
 
 
 def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarray) -> list[dict]:

@@ -119,6 +119,8 @@ def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path):
     train(config_from_dict({**TINY, "out_dir": str(plain), "lm_warmup": {"steps": 0}}))
     warmed, random_start = held_out_scores(out), held_out_scores(plain)
     assert np.mean([r["ref_chosen_logp"] for r in warmed]) > np.mean([r["ref_chosen_logp"] for r in random_start]) + 1.0
+    # The "before" view stays the start model's (the same random init as the plain run's reference).
+    assert [r["start_chosen_logp"] for r in warmed] == [r["ref_chosen_logp"] for r in random_start]
     assert (out / "checkpoints" / "0").is_dir()
     messages = []
 
