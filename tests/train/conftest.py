@@ -33,3 +33,20 @@ def synthetic_batches(byte_tokenizer):
                                        shard_index=0, shard_count=1))
     assert len(batches) >= 4
     return [b.as_dict() for b in batches[:4]]
+
+
+class Recorder:
+    """A loop reporter that keeps the messages (`train(config, reporter)`)."""
+
+    def __init__(self):
+        self.messages = []
+
+    def start(self, total, completed): pass
+    def step(self, step, row): pass
+    def message(self, text): self.messages.append(text)
+    def close(self): pass
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()

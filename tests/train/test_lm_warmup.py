@@ -109,7 +109,7 @@ def held_out_scores(out):
     return [json.loads(line) for line in (out / "heldout_scores.jsonl").read_text().splitlines()]
 
 
-def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path):
+def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path, recorder):
     out, plain = tmp_path / "run", tmp_path / "plain"
     train(config_from_dict({**TINY, "out_dir": str(out)}))
     rows = [json.loads(line) for line in (out / "lm_warmup.jsonl").read_text().splitlines()]
@@ -122,17 +122,9 @@ def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path):
     # The "before" view stays the start model's (the same random init as the plain run's reference).
     assert [r["start_chosen_logp"] for r in warmed] == [r["ref_chosen_logp"] for r in random_start]
     assert (out / "checkpoints" / "0").is_dir()
-    messages = []
-
-    class Collect:
-        def start(self, total, completed): pass
-        def step(self, step, row): pass
-        def message(self, text): messages.append(text)
-        def close(self): pass
-
-    train(config_from_dict({**TINY, "out_dir": str(out), "steps": 3}), Collect())
-    assert any(m.endswith("checkpoints/2") for m in messages if m.startswith("resumed from")), messages
-    assert not any(m.startswith("LM warm-up") for m in messages), messages
+    train(config_from_dict({**TINY, "out_dir": str(out), "steps": 3}), recorder)
+    assert any(m.endswith("checkpoints/2") for m in recorder.messages if m.startswith("resumed from")), recorder.messages
+    assert not any(m.startswith("LM warm-up") for m in recorder.messages), recorder.messages
     assert [r["ref_chosen_logp"] for r in held_out_scores(out)] == [r["ref_chosen_logp"] for r in warmed]
 
 

@@ -110,7 +110,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(straight, tmp_path):
     assert losses_by_step(run) == losses_by_step(straight[0])
 
 
-def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(straight, tmp_path):
+def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(straight, tmp_path, recorder):
     out = tmp_path / "run"
     train(config_from_dict({**TINY, "out_dir": str(out), "steps": 4, "checkpoint_every": 2}))
     damaged = 0
@@ -119,16 +119,8 @@ def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(straight
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # truncated, as by a full disk
             damaged += 1
     assert damaged
-    messages = []
-
-    class Collect:
-        def start(self, total, completed): pass
-        def step(self, step, row): pass
-        def message(self, text): messages.append(text)
-        def close(self): pass
-
-    train(config_from_dict({**TINY, "out_dir": str(out), "steps": 6, "checkpoint_every": 2}), Collect())
-    assert any("checkpoints/4 is corrupt or incomplete" in m for m in messages), messages
-    assert any(m.endswith("checkpoints/2") for m in messages if m.startswith("resumed from")), messages
+    train(config_from_dict({**TINY, "out_dir": str(out), "steps": 6, "checkpoint_every": 2}), recorder)
+    assert any("checkpoints/4 is corrupt or incomplete" in m for m in recorder.messages), recorder.messages
+    assert any(m.endswith("checkpoints/2") for m in recorder.messages if m.startswith("resumed from")), recorder.messages
     assert (out / "checkpoints" / "4.corrupt").is_dir()
     assert losses_by_step(out) == losses_by_step(straight[0])
