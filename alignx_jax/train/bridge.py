@@ -13,8 +13,9 @@
 The item features come from the start model's first `encoder_layer` layers, frozen, so they are
 computed once per item and looked up by record (the step carries [P, M, 2D] features per pair,
 never item tokens). With `encoder_trainable`, those layers learn during pretraining (the CE step
-encodes the drawn items' tokens), then freeze and the features are computed again, once. Rule modes (`official`, `golden`) have no encoder and no bridge network: their
-one-hot distributions come from the landed rules; with soft conditioning only the table trains.
+encodes the drawn items' tokens), then freeze and the features are computed again, once. Rule modes
+(`official`, `golden`) have no encoder and no bridge network: their one-hot distributions come from
+the landed rules; with soft conditioning only the table trains.
 """
 from __future__ import annotations
 
@@ -384,9 +385,8 @@ def step_spec(setup: BridgeSetup | None, optimizer_config: OptimizerConfig, step
     optimizer = optax.adamw(lr)
     if optimizer_config.clip_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(optimizer_config.clip_norm), optimizer)
-    return BridgeStep(setup.section.joint, setup.section.ce_weight, tuple(map(tuple, np.asarray(setup.class_weights,
-                                                                                              float).reshape(-1, 3))),
-                      optimizer)
+    weights = tuple(map(tuple, np.asarray(setup.class_weights, float).reshape(-1, bridge_lib.NUM_CLASSES)))
+    return BridgeStep(setup.section.joint, setup.section.ce_weight, weights, optimizer)
 
 
 def trainable_params(setup: BridgeSetup) -> dict:

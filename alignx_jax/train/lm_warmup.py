@@ -5,10 +5,10 @@
     history, the task and the chosen response; never the rejected branch or a soft slot)
 
 A random-init model has not learned the responses' language, so a preference loss, which sees only
-the difference of two responses, has nothing to steer: the persona cannot change a choice the model
-cannot read. Warming it up on the training rows (SFT on prompt + chosen, the history included, where
-the responses' phrases recur) teaches the language and copying from the history; the warmed model then
-becomes the reference of the preference steps (SFT, then DPO).
+the difference of two responses, has little to steer. Warming it up on the training rows (SFT on
+prompt + chosen, the history included) teaches the language first; the warmed model then becomes the
+reference of the preference steps (SFT, then DPO). (Measured on the tiny ICA config: the language,
+yes; reading the persona from the history, no. README "Training".)
 """
 from __future__ import annotations
 
