@@ -110,17 +110,14 @@ def held_out_scores(out):
 
 
 def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path, recorder):
-    out, plain = tmp_path / "run", tmp_path / "plain"
+    out = tmp_path / "run"
     train(config_from_dict({**TINY, "out_dir": str(out)}))
     rows = [json.loads(line) for line in (out / "lm_warmup.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["nll"] < rows[0]["nll"]
     # The reference of the preference steps is the warmed model: it gives the held-out chosen responses
-    # more probability than the random start (the same run without warm-up) does.
-    train(config_from_dict({**TINY, "out_dir": str(plain), "lm_warmup": {"steps": 0}}))
-    warmed, random_start = held_out_scores(out), held_out_scores(plain)
-    assert np.mean([r["ref_chosen_logp"] for r in warmed]) > np.mean([r["ref_chosen_logp"] for r in random_start]) + 1.0
-    # The "before" view stays the start model's (the same random init as the plain run's reference).
-    assert [r["start_chosen_logp"] for r in warmed] == [r["ref_chosen_logp"] for r in random_start]
+    # more probability than the start model, whose scores stay the "before" view (`start_*`).
+    warmed = held_out_scores(out)
+    assert np.mean([r["ref_chosen_logp"] for r in warmed]) > np.mean([r["start_chosen_logp"] for r in warmed]) + 1.0
     assert (out / "checkpoints" / "0").is_dir()
     train(config_from_dict({**TINY, "out_dir": str(out), "steps": 3}), recorder)
     assert any(m.endswith("checkpoints/2") for m in recorder.messages if m.startswith("resumed from")), recorder.messages
