@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
 from alignx_jax.errors import InputError
+from alignx_jax.preferences import _vocabulary
 
 NUM_DIMENSIONS = 90
 POSITIVE, NEUTRAL, NEGATIVE = 1.0, 0.5, 0.0
@@ -39,13 +38,10 @@ class Thresholds:
 
 @functools.cache
 def _load() -> tuple[tuple[Dimension, ...], Thresholds]:
-    text = importlib.resources.files(__package__).joinpath("dimensions.json").read_text(encoding="utf-8")
-    raw = json.loads(text)
-    dims = tuple(Dimension(int(d["index"]), d["positive"], d["negative"]) for d in raw["dimensions"])
-    if [d.index for d in dims] != list(range(NUM_DIMENSIONS)):
-        raise ValueError(f"dimensions.json must list indices 0..{NUM_DIMENSIONS - 1} in order")
-    t = raw["thresholds"]
-    return dims, Thresholds(float(t["positive_if_mean_at_least"]), float(t["negative_if_mean_at_most"]))
+    dims = tuple(Dimension(i, positive, negative) for i, (positive, negative) in enumerate(_vocabulary.LABELS))
+    if len(dims) != NUM_DIMENSIONS:
+        raise ValueError(f"the preference vocabulary must hold {NUM_DIMENSIONS} dimensions, got {len(dims)}")
+    return dims, Thresholds(_vocabulary.POSITIVE_IF_MEAN_AT_LEAST, _vocabulary.NEGATIVE_IF_MEAN_AT_MOST)
 
 
 def dimensions() -> tuple[Dimension, ...]:
