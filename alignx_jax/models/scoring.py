@@ -57,6 +57,16 @@ def soft_prompt_embeddings(params: dict, config: llama.LlamaConfig, batch: Mappi
     return jnp.where((slots >= 0)[..., None], gathered.astype(x.dtype), x)
 
 
+def hidden_states(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array],
+                  soft_tokens: chex.Array | None = None) -> chex.Array:
+    """The decoder's final hidden states [B, T, D] of a packed batch (its positions, segments and
+    roles; soft tokens in its `soft_slots` when given, `soft_prompt_embeddings`)."""
+    embeddings = None if soft_tokens is None else soft_prompt_embeddings(params, config, batch, soft_tokens)
+    return llama.forward(params, batch["tokens"], config, positions=batch["positions"],
+                         segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True,
+                         input_embeddings=embeddings)
+
+
 def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array], *, num_pairs: int,
                   scored_length: int, differentiable: bool = True, kernel_impl: str = "auto",
                   soft_tokens: chex.Array | None = None) -> PairLogprobs:
@@ -74,10 +84,7 @@ def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, c
         (`soft_prompt_embeddings`); None scores the slot tokens' own embeddings.
     """
     chex.assert_rank(batch["tokens"], 2)
-    embeddings = None if soft_tokens is None else soft_prompt_embeddings(params, config, batch, soft_tokens)
-    hidden = llama.forward(params, batch["tokens"], config, positions=batch["positions"],
-                           segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True,
-                           input_embeddings=embeddings)
+    hidden = hidden_states(params, config, batch, soft_tokens)
     if not differentiable:
         hidden = jax.lax.stop_gradient(hidden)
     chosen_mask = batch["chosen_mask"].reshape(-1)

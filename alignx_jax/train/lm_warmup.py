@@ -44,10 +44,7 @@ def nll_sum(params: dict, model: llama.LlamaConfig, batch: Mapping[str, chex.Arr
             soft_tokens: chex.Array | None = None, kernel_impl: str = "auto") -> tuple[chex.Array, chex.Array]:
     """(summed next-token NLL, number of predicted tokens) of a packed batch, float32 scalars; the LM
     head runs through the fused kernel on [B * T, D] hidden states (no [B, T, V] logits)."""
-    embeddings = None if soft_tokens is None else scoring.soft_prompt_embeddings(params, model, batch, soft_tokens)
-    hidden = llama.forward(params, batch["tokens"], model, positions=batch["positions"],
-                           segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True,
-                           input_embeddings=embeddings)
+    hidden = scoring.hidden_states(params, model, batch, soft_tokens)
     labels, valid = next_token_targets(batch)
     h = hidden.reshape(-1, hidden.shape[-1])
     w = llama.lm_head_weight(params, model)

@@ -372,11 +372,12 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
                                    eval_config=config.eval, seed=config.seed,
                                    policy_format=bridge_train.heldout_format(run.bridge))
         reference_params = state.frozen if state.frozen is not None else _start_params(run)
+        reference_score = _shared_batch_scorer(run, reference_params)
         # The "before" figures are the start model's; after an LM warm-up the reference is not it.
         start_score = _shared_batch_scorer(run, _start_params(run)) if warmed else None
-        heldout_lib.score_start(held, _shared_batch_scorer(run, reference_params), start_score)
+        heldout_lib.score_start(held, reference_score, start_score)
         if run.bridge is not None:
-            run.bridge.probe_sets = _bridge_probes(run, _shared_batch_scorer(run, reference_params))
+            run.bridge.probe_sets = _bridge_probes(run, reference_score)
     writer = metrics.MetricsWriter(run.out_dir, resume_step=start_step) if jax.process_index() == 0 else None
     # Metrics come back replicated, so every process can read them (multi-host too).
     step_fn = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"), donate_argnums=0,
