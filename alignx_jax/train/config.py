@@ -76,7 +76,7 @@ class DataConfig:
     seq_lengths: tuple[int, ...] = (512, 1024, 2048)
     max_pairs_per_row: int = 4
     on_long_response: Literal["drop", "truncate"] = "drop"
-    scored_buckets: tuple[int, ...] = ()  # static scored-token counts; () = powers of two up to rows * T
+    scored_buckets: tuple[int, ...] = ()  # static scored-token counts (rows * T added last); () = powers of two up to rows * T
 
 
 @dataclasses.dataclass(frozen=True)

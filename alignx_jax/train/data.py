@@ -101,6 +101,15 @@ def default_buckets(max_tokens: int, smallest: int = 64) -> tuple[int, ...]:
     return tuple(buckets[:-1]) + (max_tokens,) if buckets[-1] != max_tokens else tuple(buckets)
 
 
+def scored_buckets(configured: Sequence[int], max_tokens: int) -> tuple[int, ...]:
+    """The step's scored-token buckets: the configured ones below `max_tokens` (rows x T, the most a
+    batch can score) then `max_tokens` itself, so a batch past the largest configured bucket compiles
+    the full shape instead of failing; none configured: `default_buckets(max_tokens)`."""
+    if not configured:
+        return default_buckets(max_tokens)
+    return tuple(b for b in configured if b < max_tokens) + (max_tokens,)
+
+
 def pad_rows(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
     """A host batch with its [B, T] arrays padded to T = `length` (padding: segment 0, pair id -1)."""
     out = dict(batch)

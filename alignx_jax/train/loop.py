@@ -228,7 +228,7 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
                                       bridge_opt_state=jax.tree.map(lambda _: repl, state.bridge_opt_state))
     pairs = train_data.packing_config(config.data, jax.process_count()).num_pair_slots * jax.process_count()
     max_tokens = config.data.rows * config.data.seq_lengths[-1]
-    buckets = tuple(config.data.scored_buckets) or train_data.default_buckets(max_tokens)
+    buckets = train_data.scored_buckets(config.data.scored_buckets, max_tokens)
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
                     lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
                     bridge=bridge_step)

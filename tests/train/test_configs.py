@@ -78,3 +78,12 @@ def test_overrides_reach_nested_keys_and_parse_yaml_values():
         7, 1e-4, "smollm2-135m-instruct", (256, 512))
     with pytest.raises(ConfigError, match="must look like key=value"):
         config_from_dict({}, ["steps"])
+
+
+@pytest.mark.parametrize("configured, expected", [((), (64, 128, 256, 512, 640)),
+                                                  ((512, 1024), (512, 640)),  # 1024 > 4 x 160 tokens: capped
+                                                  ((100, 200), (100, 200, 640))])  # full shape added last
+def test_scored_buckets_always_hold_a_full_batch(configured, expected):
+    from alignx_jax.train.data import scored_buckets
+
+    assert scored_buckets(configured, 640) == expected
