@@ -4,7 +4,8 @@
    ../shared is present, held-out P-Soups friendly / unfriendly records of both personas;
 2. accuracy before training (policy-only view: the untrained policy equals its reference);
 3. ICA training (DPO, LoRA) with a progress bar;
-4. accuracy after, policy-only and with the paper's metric, per persona and worst persona;
+4. accuracy after, policy-only and with the paper's metric, per persona and worst persona; the
+   policy-only view per token too (log-probs over token counts), before and after;
 5. export to DIR/hf and reload in PyTorch transformers, logits compared;
 6. one post answered for two opposite users (concise vs detailed) before and after training.
 
@@ -75,10 +76,14 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     })
 
 
-def group_reports(train_dir: pathlib.Path, beta: float) -> dict[str, dict[str, dict]]:
-    """{"synthetic" | "psoups": {"before": report, "after": report}} from the run's held-out scores.
+def group_reports(train_dir: pathlib.Path, beta: float, tokenizer) -> dict[str, dict[str, dict]]:
+    """{"synthetic" | "psoups": {"before" | "after" | "before_per_token" | "after_per_token": report}}
+    from the run's held-out scores.
 
-    "before" is the start model as the policy (policy-only view; the paper's metric is a tie there)."""
+    "before" is the start model as the policy (policy-only view; the paper's metric is a tie there).
+    The per-token reports divide each response's log-probs by its scored tokens (the packer's count: the
+    text's ids plus EOS), so their `accuracy_logp` is log π(chosen)/|chosen| > log π(rejected)/|rejected|:
+    the policy-only view without the sums' cost per extra token (it has a length prior of its own)."""
     from alignx_jax import data, evaluation, preferences
 
     records, _ = data.load_records(train_dir / "heldout.json")
@@ -87,9 +92,12 @@ def group_reports(train_dir: pathlib.Path, beta: float) -> dict[str, dict[str, d
     for row in rows:
         name = "psoups" if records[row["index"]].get(preferences.GROUND_TRUTH_PERSONA) else "synthetic"
         before = dict(row, policy_chosen_logp=row["start_chosen_logp"], policy_rejected_logp=row["start_rejected_logp"])
-        groups.setdefault(name, {"before": [], "after": []})
-        groups[name]["before"].append(before)
-        groups[name]["after"].append(row)
+        length = {side: len(tokenizer.encode(row[side], add_special_tokens=False)) + 1 for side in ("chosen", "rejected")}
+        group = groups.setdefault(name, {"before": [], "after": [], "before_per_token": [], "after_per_token": []})
+        for when, r in (("before", before), ("after", row)):
+            group[when].append(r)
+            group[f"{when}_per_token"].append(dict(r, **{f"{model}_{side}_logp": r[f"{model}_{side}_logp"] / length[side]
+                                                       for model in ("policy", "ref") for side in length}))
     return {name: {when: evaluation.summarize(rs, beta=beta) for when, rs in g.items()} for name, g in groups.items()}
 
 
@@ -191,11 +199,15 @@ def _plot(groups: dict, metrics_rows: list[dict], path: pathlib.Path) -> None:
 
 def _headline(reports: dict) -> dict:
     before, after = reports["before"], reports["after"]
+    token_before, token_after = reports["before_per_token"], reports["after_per_token"]
     return {"accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
             "accuracy_after_paper": after["accuracy"], "worst_persona_before": before["worst_persona_accuracy_logp"],
             "worst_persona_after": after["worst_persona_accuracy_logp"],
             "worst_persona_after_paper": after["worst_persona_accuracy"], "n": after["n"],
-            "per_persona_before": before["per_persona"], "per_persona_after": after["per_persona"]}
+            "per_persona_before": before["per_persona"], "per_persona_after": after["per_persona"],
+            "per_token": {"accuracy_before": token_before["accuracy_logp"], "accuracy_after": token_after["accuracy_logp"],
+                          "worst_persona_before": token_before["worst_persona_accuracy_logp"],
+                          "worst_persona_after": token_after["worst_persona_accuracy_logp"]}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     logit_error = _reload_in_pytorch(out / "hf", out / "train" / "model", trained.tokenizer)
     timings["pytorch_reload_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
-    groups = group_reports(out / "train", config.beta)
+    groups = group_reports(out / "train", config.beta, trained.tokenizer)
     summary = {
         # The headline: held-out synthetic users in mirror pairs (a persona-blind model scores 50%).
         **_headline(groups["synthetic"]),
@@ -253,17 +265,23 @@ def run(args: argparse.Namespace) -> int:
 def _print(summary: dict, groups: dict, out: pathlib.Path) -> None:
     pct = lambda v: f"{100 * v:5.1f}"  # noqa: E731
     titles = {"synthetic": "held-out synthetic users in mirror pairs", "psoups": "held-out P-Soups records"}
-    print("\nHeld-out accuracy per persona: policy-only view before -> after, and the paper's metric after")
+    print("\nHeld-out accuracy per persona: policy-only view before -> after, the paper's metric after, and the "
+          "policy-only view per token (each response's log-prob over its token count) before -> after")
     for name, reports in groups.items():
         before, after = reports["before"], reports["after"]
-        print(f"\n{titles[name]}\n{'persona':<50} {'n':>3}  before  after  paper")
+        token_before, token_after = reports["before_per_token"], reports["after_per_token"]
+        print(f"\n{titles[name]}\n{'':<54} {'policy-only':^13}  {'':5}  {'per token':^13}".rstrip())
+        print(f"{'persona':<50} {'n':>3}  before  after  paper  before  after")
         for persona, stats in after["per_persona"].items():
             print(f"{_short(persona):<50} {stats['n']:>3}  {pct(before['per_persona'][persona]['accuracy_logp'])}  "
-                  f"{pct(stats['accuracy_logp'])}  {pct(stats['accuracy'])}")
+                  f"{pct(stats['accuracy_logp'])}  {pct(stats['accuracy'])}  "
+                  f"{pct(token_before['per_persona'][persona]['accuracy_logp'])}  "
+                  f"{pct(token_after['per_persona'][persona]['accuracy_logp'])}")
         print(f"{'mean':<50} {after['n']:>3}  {pct(before['accuracy_logp'])}  {pct(after['accuracy_logp'])}  "
-              f"{pct(after['accuracy'])}")
+              f"{pct(after['accuracy'])}  {pct(token_before['accuracy_logp'])}  {pct(token_after['accuracy_logp'])}")
         print(f"{'worst persona':<50} {'':>3}  {pct(before['worst_persona_accuracy_logp'])}  "
-              f"{pct(after['worst_persona_accuracy_logp'])}  {pct(after['worst_persona_accuracy'])}")
+              f"{pct(after['worst_persona_accuracy_logp'])}  {pct(after['worst_persona_accuracy'])}  "
+              f"{pct(token_before['worst_persona_accuracy_logp'])}  {pct(token_after['worst_persona_accuracy_logp'])}")
     answers = summary["answers"]
     print(f"\nPost: {answers['post']}")
     for when in ("before", "after"):

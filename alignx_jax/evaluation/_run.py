@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from alignx_jax.errors import InputError
+from alignx_jax.errors import InputError, read_json
 from alignx_jax.evaluation import _jsonl, _metrics, _report, _scoring
 
 SCORES = "scores.jsonl"
@@ -67,10 +67,7 @@ def check_folder(out: str | os.PathLike, run: Mapping[str, Any], *, flag: str = 
     if not (out / RUN).is_file():
         raise InputError(f"{flag} {out}: the folder is not empty and holds no {RUN} of an evaluation; "
                          f"give a new or empty folder")
-    try:
-        previous = json.loads((out / RUN).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{out / RUN}: not valid JSON ({error})") from None
+    previous = read_json(out / RUN)
     different = [k for k in IDENTITY_KEYS if previous.get(k) != run.get(k)]
     if different:
         k = different[0]
