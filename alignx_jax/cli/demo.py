@@ -157,6 +157,21 @@ def _answers(model, users, max_new_tokens: int) -> dict[str, dict]:
     return answers
 
 
+def length_contrast(answers: dict[str, dict], max_new_tokens: int, *, when: str) -> dict[str, bool | None]:
+    """Do the two answers split on the length mark? `length_marks_followed_<when>`: each user's answer
+    shows that user's side of it (`data.response_styles`: the detailed side's two step sentences);
+    `concise_shorter_<when>`: the concise user's answer has fewer tokens, None when both reached
+    `max_new_tokens` (cut there, their lengths say nothing)."""
+    from alignx_jax import preferences
+
+    dim = preferences.lookup(LENGTH_LABEL)[0]
+    concise, detailed = answers["concise"], answers["detailed"]
+    cut = concise["tokens"] >= max_new_tokens and detailed["tokens"] >= max_new_tokens
+    return {f"length_marks_followed_{when}": bool(concise["marks_followed"].get(dim.positive))
+            and bool(detailed["marks_followed"].get(dim.negative)),
+            f"concise_shorter_{when}": None if cut else concise["tokens"] < detailed["tokens"]}
+
+
 def _short(persona: str) -> str:
     return persona if len(persona) <= 48 else persona[:45] + "..."
 
@@ -252,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         "psoups": _headline(groups["psoups"]) if "psoups" in groups else None,
         "steps": result["steps"], "final_loss": result["final_loss"],
         "answers": {"post": POST, "before": answers_before, "after": answers_after,
-                    "concise_shorter_after": answers_after["concise"]["tokens"] < answers_after["detailed"]["tokens"]},
+                    **length_contrast(answers_before, args.max_new_tokens, when="before"),
+                    **length_contrast(answers_after, args.max_new_tokens, when="after")},
         "pytorch_max_logit_difference": logit_error, "pytorch_logits_match": logit_error < 1e-3,
         "timings": timings, "psoups_file": str(psoups) if psoups else None,
     }

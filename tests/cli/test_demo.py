@@ -59,3 +59,17 @@ def test_group_reports_split_by_source_and_add_the_per_token_view(train_dir):
     assert headline["per_token"] == {"accuracy_before": 0.5, "accuracy_after": 1.0,
                                      "worst_persona_before": 0.0, "worst_persona_after": 1.0}
     assert groups["psoups"]["after"]["n"] == 1 and groups["psoups"]["after_per_token"]["accuracy_logp"] == 1.0
+
+
+def _answer(tokens, **marks):
+    return {"tokens": tokens, "marks_followed": {k.replace("_", " "): v for k, v in marks.items()}}
+
+
+@pytest.mark.parametrize("concise, detailed, expected", [
+    (_answer(60, Concise_communication_style=True), _answer(60, Detailed_communication_style=True), (True, None)),
+    (_answer(30, Concise_communication_style=True), _answer(60, Detailed_communication_style=False), (False, True)),
+    (_answer(60, Concise_communication_style=None), _answer(45, Detailed_communication_style=True), (False, False)),
+])
+def test_length_contrast_reads_the_marks_and_says_none_when_both_answers_were_cut(concise, detailed, expected):
+    got = demo.length_contrast({"concise": concise, "detailed": detailed}, 60, when="after")
+    assert (got["length_marks_followed_after"], got["concise_shorter_after"]) == expected
