@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                               description="Held-out accuracy before and after a few minutes of ICA training, per "
                                           "persona; export to PyTorch; answers for two opposite users.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}; a previous demo's is replaced)")
-    p.add_argument("--steps", type=int, default=18, help="training steps (4 pairs each)")
+    p.add_argument("--steps", type=int, default=16, help="training steps (4 pairs each)")
     p.add_argument("--psoups", default=None,
                    help="P-Soups friendly/unfriendly JSON (default: ../shared/data/ beside the checkout, when present)")
     p.add_argument("--max-new-tokens", type=int, default=60)
