@@ -65,3 +65,13 @@ def hf_model_dir(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"hf_{request.param}")
     model.save_pretrained(folder)
     return request.param, model, folder
+
+
+@pytest.fixture
+def official_labels():
+    """Skips a test that spells official preference labels when no vocabulary file is there to read
+    (`preferences.vocabulary_path()`: `$ALIGNX_PREFERENCE_DIMENSIONS` or ../shared/data)."""
+    from alignx_jax.preferences import vocabulary_path
+
+    if vocabulary_path() is None:
+        pytest.skip("no preference vocabulary file (../shared/data absent): dimensions are named by index")

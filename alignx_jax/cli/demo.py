@@ -23,7 +23,6 @@ import time
 DEFAULT_OUT = "runs/demo"
 MARKER = ".alignx_demo"  # a folder holding this file is a demo's own output, replaced by the next demo
 POST = "Any advice on a job interview tomorrow?"
-LENGTH_LABEL = "Concise communication style"
 
 
 def register(subparsers) -> None:
@@ -121,7 +120,7 @@ def _opposite_users(seed: int):
     """A mirror pair of synthetic users whose marks include the response length (concise vs detailed)."""
     from alignx_jax import data, preferences
 
-    length = preferences.lookup(LENGTH_LABEL)[0].index
+    length = data.LENGTH_DIMENSION
     records = data.synthetic_records(200, seed=seed + 7, records_per_user=1, history_items=2)
     for first, second in zip(records[::2], records[1::2]):
         if first[preferences.DIRECTION][length] != preferences.NEUTRAL:
@@ -162,9 +161,9 @@ def length_contrast(answers: dict[str, dict], max_new_tokens: int, *, when: str)
     shows that user's side of it (`data.response_styles`: the detailed side's two step sentences);
     `concise_shorter_<when>`: the concise user's answer has fewer tokens, None when both reached
     `max_new_tokens` (cut there, their lengths say nothing)."""
-    from alignx_jax import preferences
+    from alignx_jax import data, preferences
 
-    dim = preferences.lookup(LENGTH_LABEL)[0]
+    dim = preferences.dimensions()[data.LENGTH_DIMENSION]
     concise, detailed = answers["concise"], answers["detailed"]
     cut = concise["tokens"] >= max_new_tokens and detailed["tokens"] >= max_new_tokens
     return {f"length_marks_followed_{when}": bool(concise["marks_followed"].get(dim.positive))

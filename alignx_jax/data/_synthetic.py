@@ -36,7 +36,8 @@ _ASIDES = {
 
 @dataclasses.dataclass(frozen=True)
 class _Style:
-    label: str  # the positive label of the dimension the style expresses
+    index: int  # the AlignX dimension the style expresses
+    label: str  # that dimension's positive label in the official vocabulary (the generator's own name for it)
     apply: Callable[[dict, bool], None]  # edits the response parts for the positive (True) or negative side
     positive_marker: str | None  # text only the positive side writes (None: that side writes nothing)
     negative_marker: str | None
@@ -74,13 +75,17 @@ def _topic(label):
     return apply
 
 
+_TOPIC_DIMENSIONS = {"Likes science": 47, "Likes sports": 56, "Likes music": 74, "Likes travel": 60, "Likes finance": 69}
+LENGTH_DIMENSION = 16  # "Concise communication style" (positive) vs "Detailed communication style"
+
 STYLES = (
-    _Style("Concise communication style", _length, None, "Start with the part that worries you most"),
-    _Style("High Agreeableness", _tone, "What a lovely thing to ask about", "Fine, here is the answer"),
-    _Style("High Conscientiousness", _formality, "In summary, a deliberate", "Anyway, you'll figure it out"),
-    _Style("Likes humor", _humour, "Worst case, you get a funny story", None),
-    _Style("High Extraversion", _enthusiasm, "but keep it simple!", "but keep it simple."),
-    *(_Style(label, _topic(label), _ASIDES[label].split(":")[0].split(",")[0], None) for label in _TOPICS),
+    _Style(LENGTH_DIMENSION, "Concise communication style", _length, None, "Start with the part that worries you most"),
+    _Style(5, "High Agreeableness", _tone, "What a lovely thing to ask about", "Fine, here is the answer"),
+    _Style(6, "High Conscientiousness", _formality, "In summary, a deliberate", "Anyway, you'll figure it out"),
+    _Style(73, "Likes humor", _humour, "Worst case, you get a funny story", None),
+    _Style(3, "High Extraversion", _enthusiasm, "but keep it simple!", "but keep it simple."),
+    *(_Style(_TOPIC_DIMENSIONS[label], label, _topic(label), _ASIDES[label].split(":")[0].split(",")[0], None)
+      for label in _TOPICS),
 )
 
 
@@ -96,16 +101,12 @@ def response_styles(text: str) -> dict[int, bool]:
         positive = style.positive_marker is not None and style.positive_marker in text
         negative = style.negative_marker is not None and style.negative_marker in text
         if style.positive_marker is None:
-            sides[_style_index(style.label)] = not negative
+            sides[style.index] = not negative
         elif style.negative_marker is None:
-            sides[_style_index(style.label)] = positive
+            sides[style.index] = positive
         elif positive != negative:
-            sides[_style_index(style.label)] = positive
+            sides[style.index] = positive
     return sides
-
-
-def _style_index(label: str) -> int:
-    return prefs.lookup(label)[0].index
 
 
 def _post(rng: np.random.Generator) -> tuple[str, str]:
@@ -124,9 +125,8 @@ def _response(subject: str, settings: dict[int, bool]) -> str:
     parts = {"opener": "", "body": [f"About {subject}: go for it, but keep it simple."],
              "closer": ""}
     for style in STYLES:
-        index = _style_index(style.label)
-        if index in settings:
-            style.apply(parts, settings[index])
+        if style.index in settings:
+            style.apply(parts, settings[style.index])
     return " ".join(s for s in [parts["opener"], *parts["body"], parts["closer"]] if s)
 
 
@@ -134,7 +134,7 @@ def _user_direction(rng: np.random.Generator) -> np.ndarray:
     direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
     marked = rng.choice(len(STYLES), size=int(rng.integers(2, 5)), replace=False)
     for s in marked:
-        direction[_style_index(STYLES[s].label)] = float(rng.integers(0, 2))
+        direction[STYLES[s].index] = float(rng.integers(0, 2))
     return direction
 
 
@@ -144,7 +144,7 @@ def _pair(rng: np.random.Generator, direction: np.ndarray) -> dict:
     post, subject = _post(rng)
     marked = [i for i in np.flatnonzero(direction != prefs.NEUTRAL)]
     contrast = rng.choice(marked, size=min(len(marked), int(rng.integers(1, 3))), replace=False)
-    shared = {_style_index(s.label): bool(rng.random() < 0.3) for s in STYLES}
+    shared = {s.index: bool(rng.random() < 0.3) for s in STYLES}
     liked = shared | {int(i): bool(direction[i] == prefs.POSITIVE) for i in contrast}
     disliked = shared | {int(i): not liked[int(i)] for i in contrast}
     item_direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)

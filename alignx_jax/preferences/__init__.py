@@ -30,6 +30,7 @@ from alignx_jax.preferences._space import (
     parse_profile,
     profile_text,
     thresholds,
+    vocabulary_path,
 )
 
 __all__ = [
@@ -37,5 +38,5 @@ __all__ = [
     "SCHEMAS", "TRAINING_FIELDS", "UGC", "RecordError", "validate_record",
     "NEGATIVE", "NEUTRAL", "NUM_DIMENSIONS", "POSITIVE", "Dimension", "Thresholds", "binarize", "dimensions",
     "golden_profile", "lookup", "official_profile", "official_profile_direction", "parse_profile",
-    "profile_text", "thresholds",
+    "profile_text", "thresholds", "vocabulary_path",
 ]

@@ -3,20 +3,28 @@
 A direction vector has one value per dimension: 1 = the positive label, 0 = the negative label,
 0.5 = neutral. A profile is the comma-separated list of the marked labels in dimension order
 (`Young, High Openness, Likes science`), as the official `get_profile.py` writes it.
+
+The labels (the official `features_persona` list) are read at run time from
+`$ALIGNX_PREFERENCE_DIMENSIONS`, else `../shared/data/preference_dimensions.json` beside the checkout
+(`{"dimensions": [{"index", "positive", "negative"}, ...]}`); without either, every dimension is named
+by its index (`dimension 16: positive`), which keeps vectors, profiles and round trips exact.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from alignx_jax.errors import InputError
-from alignx_jax.preferences import _vocabulary
+from alignx_jax.errors import InputError, read_json
 
 NUM_DIMENSIONS = 90
 POSITIVE, NEUTRAL, NEGATIVE = 1.0, 0.5, 0.0
+VOCABULARY_ENV = "ALIGNX_PREFERENCE_DIMENSIONS"
+OFFICIAL_THRESHOLDS = (0.6, 0.4)  # get_profile.py: mean >= 0.6 marks the positive label, <= 0.4 the negative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +44,33 @@ class Thresholds:
     negative: float
 
 
+def vocabulary_path() -> pathlib.Path | None:
+    """The labels file: `$ALIGNX_PREFERENCE_DIMENSIONS` (must exist), else the shared one beside the
+    checkout when present, else None (index-named dimensions)."""
+    if os.environ.get(VOCABULARY_ENV):
+        path = pathlib.Path(os.environ[VOCABULARY_ENV])
+        if not path.is_file():
+            raise InputError(f"{VOCABULARY_ENV}={path}: no such file")
+        return path
+    shared = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "preference_dimensions.json"
+    return shared if shared.is_file() else None
+
+
 @functools.cache
 def _load() -> tuple[tuple[Dimension, ...], Thresholds]:
-    dims = tuple(Dimension(i, positive, negative) for i, (positive, negative) in enumerate(_vocabulary.LABELS))
-    if len(dims) != NUM_DIMENSIONS:
-        raise ValueError(f"the preference vocabulary must hold {NUM_DIMENSIONS} dimensions, got {len(dims)}")
-    return dims, Thresholds(_vocabulary.POSITIVE_IF_MEAN_AT_LEAST, _vocabulary.NEGATIVE_IF_MEAN_AT_MOST)
+    thresholds = Thresholds(*OFFICIAL_THRESHOLDS)
+    path = vocabulary_path()
+    if path is None:
+        return tuple(Dimension(i, f"dimension {i}: positive", f"dimension {i}: negative") for i in range(NUM_DIMENSIONS)), thresholds
+    entries = read_json(path)
+    entries = entries.get("dimensions") if isinstance(entries, dict) else None
+    try:
+        dims = tuple(Dimension(int(e["index"]), str(e["positive"]), str(e["negative"])) for e in entries)
+    except (TypeError, KeyError, ValueError):
+        raise InputError(f"{path}: expected {{\"dimensions\": [{{\"index\", \"positive\", \"negative\"}}, ...]}}") from None
+    if [d.index for d in dims] != list(range(NUM_DIMENSIONS)):
+        raise InputError(f"{path}: expected dimensions 0..{NUM_DIMENSIONS - 1} in order, got {len(dims)} entries")
+    return dims, thresholds
 
 
 def dimensions() -> tuple[Dimension, ...]:
@@ -66,6 +95,7 @@ def _label_table() -> dict[str, tuple[int, float]]:
 def lookup(label: str) -> tuple[Dimension, float]:
     """The dimension a label names, and the direction value it stands for (1.0 or 0.0).
 
+    With the official labels:
     >>> lookup("Likes science")[0].index, lookup("Older")[1]
     (47, 0.0)
     """

@@ -45,7 +45,7 @@ def test_official_mode_equals_the_transcription_on_random_histories(neutral_shar
         assert profile_of(dist[b]) == official_get_profile(h.tolist())
 
 
-def test_official_mode_fallback_cases_equal_the_transcription():
+def test_official_mode_fallback_cases_equal_the_transcription(official_labels):
     neutral = np.full((2, prefs.NUM_DIMENSIONS), 0.5)
     high = neutral.copy()
     high[0, [3, 7]] = 0.6  # means 0.55: nothing marked, 1 - 0.55 < 0.5 -> the max side is positive
@@ -100,7 +100,7 @@ def test_golden_mode_equals_the_landed_golden_profile():
         assert profile_of(dist[b]) == prefs.golden_profile(directions[b])
 
 
-def test_map_profile_set_preferences_and_label_edits():
+def test_map_profile_set_preferences_and_label_edits(official_labels):
     direction = np.full(prefs.NUM_DIMENSIONS, 0.5)
     direction[[47, 89]] = 1.0, 0.0
     dist = bridge.direction_distribution(jnp.asarray(direction))

@@ -34,7 +34,7 @@ def soft_pair(tok, prompt, k, source=0, max_length=512):
     return pair
 
 
-def test_slots_sit_where_the_profile_text_goes(tok):
+def test_slots_sit_where_the_profile_text_goes(official_labels, tok):
     pair = soft_pair(tok, "Any advice?", 3)
     text = data.chat_text(tok, data.pba_prompt("Any advice?", data.soft_profile(3), evaluation=False))
     before, after = text.split(data.soft_profile(3))

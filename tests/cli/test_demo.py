@@ -61,15 +61,20 @@ def test_group_reports_split_by_source_and_add_the_per_token_view(train_dir):
     assert groups["psoups"]["after"]["n"] == 1 and groups["psoups"]["after_per_token"]["accuracy_logp"] == 1.0
 
 
-def _answer(tokens, **marks):
-    return {"tokens": tokens, "marks_followed": {k.replace("_", " "): v for k, v in marks.items()}}
+def _answer(tokens, side, followed):
+    """A generated answer: its token count and whether it shows the length mark's `side` ("positive":
+    concise, "negative": detailed), under that side's label as `_answers` writes it."""
+    label = getattr(preferences.dimensions()[data.LENGTH_DIMENSION], side)
+    return {"tokens": tokens, "marks_followed": {label: followed}}
 
 
 @pytest.mark.parametrize("concise, detailed, expected", [
-    (_answer(60, Concise_communication_style=True), _answer(60, Detailed_communication_style=True), (True, None)),
-    (_answer(30, Concise_communication_style=True), _answer(60, Detailed_communication_style=False), (False, True)),
-    (_answer(60, Concise_communication_style=None), _answer(45, Detailed_communication_style=True), (False, False)),
+    ((60, True), (60, True), (True, None)),
+    ((30, True), (60, False), (False, True)),
+    ((60, None), (45, True), (False, False)),
 ])
 def test_length_contrast_reads_the_marks_and_says_none_when_both_answers_were_cut(concise, detailed, expected):
-    got = demo.length_contrast({"concise": concise, "detailed": detailed}, 60, when="after")
+    answers = {"concise": _answer(concise[0], "positive", concise[1]),
+               "detailed": _answer(detailed[0], "negative", detailed[1])}
+    got = demo.length_contrast(answers, 60, when="after")
     assert (got["length_marks_followed_after"], got["concise_shorter_after"]) == expected

@@ -47,7 +47,7 @@ def test_sections_are_empty_without_items():
     assert data.ica_train_prompt("Q", empty).user == "***Task***\n\nQ\n\n***Historical Behavior***\n\n\n\n***Response:***\n\n"
 
 
-def test_pba_layouts_and_profiles():
+def test_pba_layouts_and_profiles(official_labels):
     history = data.full_history(RECORD)
     official = data.record_profile(RECORD, history, "official")  # dim 0 mean (1+1+0)/3 = 0.667
     assert official == "Young"

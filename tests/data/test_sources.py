@@ -49,7 +49,7 @@ def test_json_and_jsonl_round_trip(tmp_path, records, suffix):
     assert loaded == records
 
 
-def test_benchmark_layouts_load(tmp_path):
+def test_benchmark_layouts_load(official_labels, tmp_path):
     # PRISM / UF-P-4 / AlignX-test style: a precomputed profile, history items without directions,
     # no UGC; P-Soups style: ground_truth_persona.
     rows = [

@@ -67,7 +67,7 @@ def test_response_styles_reads_back_every_applied_style():
     from alignx_jax.data import _synthetic
 
     rng = np.random.default_rng(0)
-    indices = [_synthetic._style_index(style.label) for style in _synthetic.STYLES]
+    indices = [style.index for style in _synthetic.STYLES]
     for _ in range(200):
         settings = {i: bool(rng.integers(2)) for i in indices if rng.random() < 0.6}
         text = _synthetic._response("a rainy weekend", settings)
@@ -75,3 +75,10 @@ def test_response_styles_reads_back_every_applied_style():
         assert {i: read[i] for i in settings} == settings, (settings, text)
     both = _synthetic._response("x", {indices[1]: True}) + " " + _synthetic._response("x", {indices[1]: False})
     assert indices[1] not in _synthetic.response_styles(both)  # both tones present: not read
+
+
+def test_style_dimensions_are_the_official_labels_dimensions(official_labels):
+    from alignx_jax.data import _synthetic
+
+    for style in _synthetic.STYLES:
+        assert prefs.lookup(style.label) == (prefs.dimensions()[style.index], 1.0), style.label

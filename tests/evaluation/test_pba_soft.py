@@ -100,7 +100,7 @@ def test_alignx_eval_mode_pba_soft(policy, tmp_path, capsys):
     assert run["bridge"] == {"mode": "learned", "conditioning": "soft", "soft_tokens": 3, "encoder_layer": 1}
 
 
-def test_edits_set_the_dimension_and_change_the_soft_tokens(policy):
+def test_edits_set_the_dimension_and_change_the_soft_tokens(official_labels, policy):
     reader = evaluation.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
     base = _soft.neutral_distribution()
     up = _soft.edited(base, {"Likes humor": "positive"})
@@ -110,7 +110,7 @@ def test_edits_set_the_dimension_and_change_the_soft_tokens(policy):
     assert not np.allclose(tokens[1], tokens[2]) and not np.allclose(tokens[0], tokens[1])
 
 
-def test_generate_follows_preferences_and_persona(policy, tmp_path, capsys):
+def test_generate_follows_preferences_and_persona(official_labels, policy, tmp_path, capsys):
     args = ["generate", "--model", policy["policy"], "--prompt", "Any advice on packing?", "--max-new-tokens", "4",
             "--temperature", "0", "--preference", "Likes travel=positive", "--preference", "Concise communication style=negative"]
     assert cli.main(args) == 0

@@ -53,7 +53,7 @@ def test_good_records_pass_both_schemas_and_numpy_vectors_are_accepted():
     prefs.validate_record(good_record(), 0, schema="benchmark")
 
 
-def test_benchmark_schema_allows_missing_directions_and_history():
+def test_benchmark_schema_allows_missing_directions_and_history(official_labels):
     record = {"prompt": "P", "chosen": "A", "rejected": "B", "profile": "Young", "ground_truth_persona": "friendly",
               "Pair-wise Comparative Feedback": [{"prompt": "P", "chosen": "A", "rejected": "B"}]}
     prefs.validate_record(record, 3, schema="benchmark")

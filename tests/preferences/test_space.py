@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from alignx_jax import preferences as prefs
+from alignx_jax.errors import InputError
 
 
 def official_get_profile(history):
@@ -55,7 +56,7 @@ def test_profile_text_round_trips_on_random_vectors():
         np.testing.assert_array_equal(prefs.parse_profile(text), direction)
 
 
-def test_profile_text_reads_labels_with_commas():
+def test_profile_text_reads_labels_with_commas(official_labels):
     direction = np.full(prefs.NUM_DIMENSIONS, 0.5)
     direction[[14, 15]] = 1.0, 0.0  # both labels contain ", "
     text = prefs.profile_text(direction)
@@ -64,7 +65,7 @@ def test_profile_text_reads_labels_with_commas():
     np.testing.assert_array_equal(prefs.parse_profile(text), direction)
 
 
-def test_parse_profile_errors():
+def test_parse_profile_errors(official_labels):
     with pytest.raises(ValueError, match="unknown label at character 8: 'Likes naps'"):
         prefs.parse_profile("Female, Likes naps")
     with pytest.raises(ValueError, match="names dimension 1 .* twice"):
@@ -81,7 +82,7 @@ def test_official_profile_equals_transcription_on_random_histories(neutral_share
         assert prefs.official_profile(history) == official_get_profile(history.tolist())
 
 
-def test_official_profile_fallback_cases_equal_transcription():
+def test_official_profile_fallback_cases_equal_transcription(official_labels):
     neutral = np.full((2, prefs.NUM_DIMENSIONS), 0.5)
     high = neutral.copy()
     high[0, [3, 7]] = 0.6  # means 0.55 at dims 3 and 7: nothing marked, max side wins (1 - 0.55 < 0.5)
@@ -96,14 +97,14 @@ def test_official_profile_fallback_cases_equal_transcription():
     assert prefs.official_profile(neutral) == ", ".join(d.negative for d in prefs.dimensions())
 
 
-def test_mean_of_two_fifths_stays_neutral_as_in_float32():
+def test_mean_of_two_fifths_stays_neutral_as_in_float32(official_labels):
     history = np.full((5, prefs.NUM_DIMENSIONS), 0.5)
     history[:, 0] = [0, 0, 1, 0.5, 0.5]  # mean 0.4 (float32 0.40000000596)
     history[:, 1] = [1, 1, 1, 0, 0]  # mean 0.6 (float32 0.60000002384): positive
     assert prefs.official_profile(history) == official_get_profile(history.tolist()) == "Female"
 
 
-def test_golden_profile_thresholds_without_fallback():
+def test_golden_profile_thresholds_without_fallback(official_labels):
     direction = np.full(prefs.NUM_DIMENSIONS, 0.5)
     assert prefs.golden_profile(direction) == ""
     direction[[0, 89]] = 0.7, 0.2
@@ -115,3 +116,54 @@ def test_shape_errors():
         prefs.profile_text([0.5] * 89)
     with pytest.raises(ValueError, match=r"history directions must have shape \(n >= 1, 90\)"):
         prefs.official_profile(np.zeros((0, 90)))
+
+
+@pytest.fixture
+def fresh_vocabulary(monkeypatch):
+    """The vocabulary is read once per process: clear it around a test that changes where it comes from."""
+    from alignx_jax.preferences import _space
+
+    def clear():
+        _space._load.cache_clear()
+        _space._label_table.cache_clear()
+
+    clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    clear()
+
+
+def test_vocabulary_comes_from_the_named_file(fresh_vocabulary, tmp_path):
+    path = tmp_path / "dims.json"
+    path.write_text(json.dumps({"dimensions": [{"index": i, "positive": f"P{i}", "negative": f"N{i}"}
+                                               for i in range(prefs.NUM_DIMENSIONS)]}))
+    fresh_vocabulary.setenv("ALIGNX_PREFERENCE_DIMENSIONS", str(path))
+    assert prefs.lookup("N16") == (prefs.Dimension(16, "P16", "N16"), 0.0)
+    direction = np.full(prefs.NUM_DIMENSIONS, 0.5)
+    direction[[3, 16]] = 1.0, 0.0
+    assert prefs.profile_text(direction) == "P3, N16"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("[1, 2]", r"expected \{\"dimensions\""),
+    (json.dumps({"dimensions": [{"index": 1, "positive": "a", "negative": "b"}]}), "expected dimensions 0..89 in order"),
+])
+def test_a_bad_vocabulary_file_is_named(fresh_vocabulary, tmp_path, content, message):
+    path = tmp_path / "dims.json"
+    if content is not None:
+        path.write_text(content)
+    fresh_vocabulary.setenv("ALIGNX_PREFERENCE_DIMENSIONS", str(path))
+    with pytest.raises(InputError, match=message):
+        prefs.dimensions()
+
+
+def test_without_a_vocabulary_file_dimensions_are_named_by_index(fresh_vocabulary):
+    from alignx_jax.preferences import _space
+
+    fresh_vocabulary.delenv("ALIGNX_PREFERENCE_DIMENSIONS", raising=False)
+    fresh_vocabulary.setattr(_space, "vocabulary_path", lambda: None)
+    direction = np.full(prefs.NUM_DIMENSIONS, 0.5)
+    direction[[3, 16]] = 1.0, 0.0
+    assert prefs.profile_text(direction) == "dimension 3: positive, dimension 16: negative"
+    np.testing.assert_array_equal(prefs.parse_profile(prefs.profile_text(direction)), direction)
