@@ -59,4 +59,16 @@ def read_json(path: str | os.PathLike, *, name: str | None = None) -> Any:
         raise InputError(f"{name or path}: not valid JSON ({error})") from None
 
 
-__all__ = ["AlignxError", "InputError", "KeyMismatchError", "MissingFileError", "RecordError", "cause", "read_json"]
+def check_output_parent(path: str | os.PathLike, name: str) -> None:
+    """An output's folder may be missing (it is created with its parents when the output is written,
+    as Hugging Face's `output_dir`), but the nearest existing ancestor must be a folder: InputError
+    `<name>: <ancestor> is a file, not a folder` otherwise. Creates nothing."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InputError(f"{name}: {ancestor} is a file, not a folder")
+
+
+__all__ = ["AlignxError", "InputError", "KeyMismatchError", "MissingFileError", "RecordError", "cause",
+           "check_output_parent", "read_json"]

@@ -15,23 +15,22 @@ import shutil
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-from alignx_jax.errors import InputError, MissingFileError
+from alignx_jax.errors import InputError, check_output_parent
 
 
 def output_path(path: str | os.PathLike, *, kind: Literal["file", "folder"] = "file",
                 suffixes: Sequence[str] | None = None, flag: str | None = None) -> pathlib.Path:
     """Check an output path before any work is done, and return it.
 
-    Its folder must exist (nothing is created on the way). A file output must not be a folder and,
+    Its folder may be missing: `atomic_output` creates it with its parents (and removes them again if
+    the block fails); nothing is created here. A file output must not be a folder and,
     when `suffixes` is given, must end in one of them; an existing file is replaced at the end. A
     folder output must not be a file and, if it exists, must be empty: a folder of other files is
     never overwritten. `flag` ("--out") is named in the message.
     """
     path = pathlib.Path(path)
     name = f"{flag} {path}" if flag else str(path)
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise MissingFileError(f"{name}: the folder {parent} does not exist (create it first)")
+    check_output_parent(path, name)
     if kind == "file":
         if path.is_dir():
             raise InputError(f"{name}: is a folder, expected a file name")
@@ -53,10 +52,12 @@ def atomic_output(path: str | os.PathLike, *, kind: Literal["file", "folder"] = 
     block succeeds, delete it when the block raises (Ctrl-C included), so `path` is whole or absent.
 
     A folder output may exist only empty (see `output_path`): it is replaced by the finished folder.
+    Missing parent folders are created first, and removed again when the block raises.
     """
     if kind not in ("file", "folder"):
         raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
     path = pathlib.Path(path).absolute()
+    created = make_parents(path)
     # Not tempfile.mkstemp/mkdtemp: their 0600/0700 modes would stay on the renamed output.
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}"
     if kind == "folder":
@@ -74,4 +75,15 @@ def atomic_output(path: str | os.PathLike, *, kind: Literal["file", "folder"] = 
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        for folder in created:  # innermost first; only the folders made above, and only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
+
+
+def make_parents(path: pathlib.Path) -> list[pathlib.Path]:
+    """Create the missing folders above `path`; returns them innermost first (to undo with rmdir)."""
+    missing = [p for p in path.absolute().parents if not p.exists()]
+    if missing:
+        missing[0].mkdir(parents=True)
+    return missing

@@ -54,10 +54,12 @@ def read_rows(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
 
 
 class RowWriter:
-    """Appends rows to a JSONL file, one line each, flushed and synced per `write` call."""
+    """Appends rows to a JSONL file, one line each, flushed and synced per `write` call (its folder is
+    created with its parents)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from alignx_jax.errors import InputError, read_json
+from alignx_jax.errors import InputError, check_output_parent, read_json
 from alignx_jax.evaluation import _jsonl, _metrics, _report, _scoring
 
 SCORES = "scores.jsonl"
@@ -52,14 +52,10 @@ def model_fingerprint(source: str) -> dict[str, Any]:
 
 def check_folder(out: str | os.PathLike, run: Mapping[str, Any], *, flag: str = "--out") -> bool:
     """Refuse an output folder that cannot hold this run, before any work; True when it holds the
-    same run, to be resumed. Its parent must exist; the folder must be absent, empty, or hold a
+    same run, to be resumed. Its parents may be missing (created when scoring starts); the folder must be absent, empty, or hold a
     run.json with the same settings (`IDENTITY_KEYS`)."""
     out = pathlib.Path(out)
-    parent = out.absolute().parent
-    if not parent.is_dir():
-        from alignx_jax.errors import MissingFileError
-
-        raise MissingFileError(f"{flag} {out}: the folder {parent} does not exist (create it first)")
+    check_output_parent(out, f"{flag} {out}")
     if out.exists() and not out.is_dir():
         raise InputError(f"{flag} {out}: is a file, expected a folder")
     if not out.is_dir() or not any(out.iterdir()):
@@ -101,7 +97,7 @@ def evaluate_to_folder(
     """
     start = time.perf_counter()
     out = pathlib.Path(out)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if not (out / RUN).is_file():
         (out / RUN).write_text(json.dumps(dict(run), indent=2) + "\n", encoding="utf-8")
     settings = _scoring._histories(score_kwargs.get("history"))

@@ -66,8 +66,8 @@ CASES = {
     "issue-jax-to-hf-missing": (["convert", "jax-to-hf", "MISSING", "out"], "MISSING/alignx_model.json"),
     "issue-gguf-not-a-gguf": (["convert", "gguf-to-hf", "out", "--gguf", "NOT_A_GGUF"], "NOT_A_GGUF: not a GGUF"),
     "issue-synth-negative-users": (["data", "synth", "--users", "-5", "--out", "a.json"], "--users must be >= 1"),
-    "issue-synth-missing-folder": (["data", "synth", "--users", "10", "--out", "/missing/dir/x.parquet"],
-                                   "the folder /missing/dir does not exist"),
+    "synth-out-under-a-file": (["data", "synth", "--users", "10", "--out", "EMPTY.json/dir/x.parquet"],
+                               "EMPTY.json is a file, not a folder"),
     "issue-synth-txt": (["data", "synth", "--users", "10", "--out", "x.txt"], "x.txt: unknown file type '.txt'"),
     "issue-validate-empty-file": (["data", "validate", "EMPTY.json"], "EMPTY.json: the file is empty"),
     "demo-steps": (["demo", "--steps", "0"], "--steps must be >= 1"),
@@ -84,8 +84,9 @@ CASES = {
                              "--max-shard-gb must be > 0"),
     "gguf-missing": (["convert", "gguf-to-hf", "out", "--gguf", "absent.gguf"], "absent.gguf: GGUF file not found"),
     "gguf-empty": (["convert", "gguf-to-hf", "out", "--gguf", "empty.gguf"], "empty.gguf: the file is empty"),
-    "gguf-output-folder-missing": (["convert", "gguf-to-hf", "nowhere/out", "--gguf", "NOT_A_GGUF"],
-                                   "nowhere does not exist"),
+    # The output's missing parents are made for the output and removed again when the input is refused.
+    "gguf-output-parents-not-left-behind": (["convert", "gguf-to-hf", "nowhere/deeper/out", "--gguf", "NOT_A_GGUF"],
+                                            "NOT_A_GGUF: not a GGUF"),
     "synth-out-is-a-folder": (["data", "synth", "--users", "2", "--out", "EMPTY_DIR"], "EMPTY_DIR: is a folder"),
     "validate-no-records": (["data", "validate", "no_records.json"], "no_records.json: holds no records"),
     "validate-truncated-json": (["data", "validate", "truncated.json"], "truncated.json: not valid JSON"),
@@ -264,6 +265,17 @@ def test_atomic_output(tmp_path):
     assert oct((tmp_path / "model").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
 
 
+def test_atomic_output_makes_missing_parents_and_removes_them_on_failure(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(KeyboardInterrupt), _common.atomic_output(tmp_path / "runs/a/b/out", kind="folder") as tmp:
+        assert tmp.parent == tmp_path / "runs/a/b"
+        raise KeyboardInterrupt
+    assert list((tmp_path / "runs").iterdir()) == []  # a/ and b/ were made here, so they go; runs/ was there
+    with _common.atomic_output(tmp_path / "runs/a/b/out.json") as tmp:
+        tmp.write_text("{}")
+    assert (tmp_path / "runs/a/b/out.json").read_text() == "{}"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -271,8 +283,12 @@ def _umask() -> int:
 
 
 def test_output_path_refuses_before_any_work(tmp_path):
-    with pytest.raises(MissingFileError, match="--out .*/nope/x.json: the folder .*/nope does not exist"):
-        _common.output_path(tmp_path / "nope" / "x.json", flag="--out")
+    # Missing folders above an output are fine (created when it is written); a file in the way is not.
+    assert _common.output_path(tmp_path / "nope" / "x.json", flag="--out") == tmp_path / "nope" / "x.json"
+    assert not (tmp_path / "nope").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=f"--out .*/file/a/x.json: {tmp_path}/file is a file, not a folder"):
+        _common.output_path(tmp_path / "file" / "a" / "x.json", flag="--out")
     with pytest.raises(InputError, match=r"unknown file type '\.csv', expected one of \.json"):
         _common.output_path(tmp_path / "x.csv", suffixes=(".json",))
     (tmp_path / "full").mkdir()
