@@ -30,7 +30,7 @@ import yaml
 
 from alignx_jax import data as data_lib
 from alignx_jax import evaluation, interop, kernels, losses
-from alignx_jax.errors import InputError, MissingFileError
+from alignx_jax.errors import InputError, MissingFileError, check_output_parent
 from alignx_jax.models import llama, scoring
 from alignx_jax.models import sharding as model_sharding
 from alignx_jax.train import checkpoint as ckpt
@@ -164,8 +164,7 @@ def create_state(config: config_lib.TrainConfig, params, model: llama.LlamaConfi
 
 def _check_out_dir(config: config_lib.TrainConfig) -> pathlib.Path:
     out_dir = pathlib.Path(config.out_dir)
-    if not out_dir.parent.exists():
-        raise MissingFileError(f"config key 'out_dir': the folder {out_dir.parent} does not exist")
+    check_output_parent(out_dir, f"config key 'out_dir' ({out_dir})")  # created with its parents after the checks
     return out_dir
 
 
@@ -232,7 +231,7 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
                     lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
                     bridge=bridge_step)
-    out_dir.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
         if splits.heldout:  # the exact split, for `alignx eval --data out_dir/heldout.json`
@@ -341,8 +340,13 @@ def _eval_row(step: int, report: Mapping[str, Any]) -> dict:
             "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp")}
 
 
-def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> dict:
-    """Run (or resume) the training the config describes; returns the summary (also in summary.json)."""
+def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, deadline: float | None = None) -> dict:
+    """Run (or resume) the training the config describes; returns the summary (also in summary.json).
+
+    `deadline` (a `time.perf_counter()` value) bounds the wall time: the run stops stepping, checkpoints
+    and finishes (final held-out evaluation, model folder) early when the next step and that finish would
+    end past it, sizing both from this run's measured speed (the last step that compiled nothing, and the
+    first held-out pass). `steps` in the summary is the number run."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     run = setup(config, reporter)
@@ -366,7 +370,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         checkpoints.save(0, ckpt.saved_state(state, with_frozen=True), iterator, {"seed": config.seed})
     start_step = int(state.step)
     reference = _precompute_reference(run, reporter) if config.reference == "precomputed" else None
-    held = None
+    held, finish_seconds = None, 0.0
     if run.splits.heldout:
         held = heldout_lib.prepare(run.splits.heldout, tokenizer=run.tokenizer, data_config=config.data,
                                    eval_config=config.eval, seed=config.seed,
@@ -375,7 +379,9 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         reference_score = _shared_batch_scorer(run, reference_params)
         # The "before" figures are the start model's; after an LM warm-up the reference is not it.
         start_score = _shared_batch_scorer(run, _start_params(run)) if warmed else None
+        tick = time.perf_counter()
         heldout_lib.score_start(held, reference_score, start_score)
+        finish_seconds = time.perf_counter() - tick  # the final pass scores the policy once: no longer than this
         if run.bridge is not None:
             run.bridge.probe_sets = _bridge_probes(run, reference_score)
     writer = metrics.MetricsWriter(run.out_dir, resume_step=start_step) if jax.process_index() == 0 else None
@@ -387,9 +393,10 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
     base_rng = jax.random.key(config.seed)
     compiled_shapes, last_row, eval_rows = set(), {}, []
     reporter.start(config.steps, start_step)
-    preempted = False
+    preempted, step_seconds = False, None
     with _preemption_flag() as flag, jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
         for step in range(start_step, config.steps):
+            iteration_start = time.perf_counter()
             micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
             extra = bridge_train.batch_extras(run.bridge, micro)
             if reference is not None:
@@ -423,10 +430,15 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
             if writer is not None and ((step + 1) % config.log_every == 0 or "eval_accuracy" in row):
                 writer.write(row)
             reporter.step(step + 1, row)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or flag["stop"]:
+            if not row["compiled"]:
+                step_seconds = time.perf_counter() - iteration_start
+            out_of_time = _past_deadline(deadline, (step_seconds or 0.0) + finish_seconds)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or flag["stop"] or out_of_time:
                 checkpoints.save(step + 1, ckpt.saved_state(state, with_frozen=warmed), iterator, {"seed": config.seed})
-            if flag["stop"]:
-                preempted = step + 1 < config.steps
+            if out_of_time and step + 1 < config.steps:
+                reporter.message(f"time budget: stopping after step {step + 1} of {config.steps}")
+            if flag["stop"] or out_of_time:
+                preempted = flag["stop"] and step + 1 < config.steps
                 break
     checkpoints.close()
     if writer is not None:
@@ -436,6 +448,18 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None) -> d
         reporter.message(f"SIGTERM: saved checkpoint {int(state.step)} in {checkpoints.directory}; rerun to resume")
         return {"preempted": True, "step": int(state.step)}
     return _finish(run, state, held, last_row, eval_rows, started, reporter)
+
+
+def _past_deadline(deadline: float | None, seconds_needed: float) -> bool:
+    """Would work of `seconds_needed` end past `deadline`? Every process acts on process 0's answer."""
+    if deadline is None:
+        return False
+    late = time.perf_counter() + seconds_needed > deadline
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        late = bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+    return late
 
 
 def _lm_warmup(run: _Run, state: TrainState, reporter: Reporter) -> TrainState:

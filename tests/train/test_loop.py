@@ -57,6 +57,17 @@ def test_a_finished_run_writes_its_outputs(straight):
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
 
 
+def test_a_deadline_stops_the_steps_and_still_finishes(tmp_path, recorder):
+    """A deadline already passed: the first step runs (nothing is measured before it), then the run
+    checkpoints it and finishes as a short run (held-out evaluation, model folder, summary)."""
+    out = tmp_path / "runs" / "budget"  # runs/ does not exist yet: created with its parent
+    summary = train(config_from_dict({**TINY, "out_dir": str(out)}), recorder, deadline=time.perf_counter())
+    assert summary["steps"] == 1 and [r["step"] for r in read_metrics(out)] == [1]
+    assert "time budget: stopping after step 1 of 6" in recorder.messages
+    assert summary["eval_accuracy"] is not None and (out / "model" / "alignx_model.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+
+
 def _command(config_path):
     return [str(ALIGNX), "train", "--config", str(config_path)]
 
