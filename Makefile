@@ -5,6 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+# XLA's compiled programs are kept between runs (keyed by program, compiler options and jax version): on
+# 2 slow cores compiling is most of a test's time (tests/train/test_step.py: 305 s cold, 56 s warm).
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/alignx_jax/xla
 
 .PHONY: demo test test-slow venv clean
 
@@ -23,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/alignx demo
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -17,12 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import shutil
 import time
 
 DEFAULT_OUT = "runs/demo"
 MARKER = ".alignx_demo"  # a folder holding this file is a demo's own output, replaced by the next demo
 POST = "Any advice on a job interview tomorrow?"
+DEFAULT_BUDGET_S = 570.0  # the whole demo within 10 minutes of wall time, with half a minute to spare
+DEFAULT_STEPS = 400
+# Words of a post that say nothing of its subject; an answer is on topic when it names the rest.
+_FILLER = frozenset("any advice on a an the about what do you think i keep thinking thoughts of for to".split())
 
 
 def register(subparsers) -> None:
@@ -30,7 +35,11 @@ def register(subparsers) -> None:
                               description="Held-out accuracy before and after a few minutes of ICA training, per "
                                           "persona; export to PyTorch; answers for two opposite users.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}; a previous demo's is replaced)")
-    p.add_argument("--steps", type=int, default=16, help="training steps (4 pairs each)")
+    p.add_argument("--budget-seconds", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"wall time of the whole demo (default {DEFAULT_BUDGET_S:.0f}): training stops early, sized "
+                        f"from the measured speed of its first steps, so that the rest still fits")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"at most this many training steps (default {DEFAULT_STEPS}; the budget usually stops it first)")
     p.add_argument("--psoups", default=None,
                    help="P-Soups friendly/unfriendly JSON (default: ../shared/data/ beside the checkout, when present)")
     p.add_argument("--max-new-tokens", type=int, default=60)
@@ -51,26 +60,28 @@ def _out_dir(path: str) -> pathlib.Path:
     if (out / MARKER).is_file():
         shutil.rmtree(out)
     _common.output_path(out, kind="folder", flag="--out")
-    out.mkdir()
+    out.mkdir(parents=True)
     (out / MARKER).write_text("written by `alignx demo`; the next demo replaces this folder\n")
     return out
 
 
 def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib.Path | None):
-    """Sized for 10 minutes on 2 CPU cores: one pair per 640-token row (one history item of each kind),
-    4 pairs per step, LoRA, one compiled step shape. The loss is DPO plus the chosen response's NLL
-    (`rpo`), so the policy also learns to answer in the user's style rather than echo the history."""
+    """One pair per 640-token row (one history item of each kind), 4 pairs per step, LoRA, one compiled
+    step shape; at most `steps` steps at a constant rate after 2 warm-up steps, so that a run the time
+    budget stops early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 10
+    records and 6 P-Soups records per persona. The loss is DPO plus the chosen response's NLL (`rpo`),
+    so the policy also learns to answer in the user's style rather than echo the history."""
     from alignx_jax.train import config_from_dict
 
     files = [{"path": str(psoups), "heldout_per_persona": 6, "limit": 64}] if psoups else []
     return config_from_dict({
         "out_dir": str(out / "train"), "seed": seed, "steps": steps, "model": "smollm2-135m-instruct",
         "data": {"synthetic": {"users": 400, "records_per_user": 2, "history_items": 1},
-                 "heldout_synthetic": {"users": 6, "records_per_user": 6, "history_items": 1},
+                 "heldout_synthetic": {"users": 4, "records_per_user": 10, "history_items": 1},
                  "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
                  "scored_buckets": [512, 1024]},
         "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
-        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1.5e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1.5e-3, "warmup_steps": 2, "schedule": "constant"},
         "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
     })
 
@@ -152,8 +163,17 @@ def _answers(model, users, max_new_tokens: int) -> dict[str, dict]:
                 shown = read.get(dim.index)
                 marks[dim.positive if wants else dim.negative] = None if shown is None else shown == wants
         answers[name] = {"tokens": len(ids), "text": text, "marks_followed": marks,
-                         "follows_all_marks": bool(marks) and all(marks.values())}
+                         "follows_all_marks": bool(marks) and all(marks.values()), "on_topic": on_topic(POST, text)}
     return answers
+
+
+def on_topic(post: str, answer: str) -> bool:
+    """Does `answer` address `post`? It must name at least half of the post's subject words (its words
+    without filler such as "any advice on"), compared lower-case: "Any advice on a job interview
+    tomorrow?" needs two of job, interview, tomorrow."""
+    words = lambda text: set(re.findall(r"[a-z]+", text.lower()))  # noqa: E731
+    subject = words(post) - _FILLER
+    return 2 * len(subject & words(answer)) >= len(subject) > 0
 
 
 def length_contrast(answers: dict[str, dict], max_new_tokens: int, *, when: str) -> dict[str, bool | None]:
@@ -219,6 +239,7 @@ def _headline(reports: dict) -> dict:
             "worst_persona_after": after["worst_persona_accuracy_logp"],
             "worst_persona_after_paper": after["worst_persona_accuracy"], "n": after["n"],
             "per_persona_before": before["per_persona"], "per_persona_after": after["per_persona"],
+            "n_per_persona_min": min(stats["n"] for stats in after["per_persona"].values()),
             "per_token": {"accuracy_before": token_before["accuracy_logp"], "accuracy_after": token_after["accuracy_logp"],
                           "worst_persona_before": token_before["worst_persona_accuracy_logp"],
                           "worst_persona_after": token_after["worst_persona_accuracy_logp"]}}
@@ -233,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.budget_seconds <= 0:
+        raise InputError(f"--budget-seconds must be > 0, got {args.budget_seconds}")
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     psoups = pathlib.Path(args.psoups) if args.psoups else _default_psoups()
@@ -248,7 +271,10 @@ def run(args: argparse.Namespace) -> int:
     answers_before = _answers(base, users, args.max_new_tokens)
     timings["answers_before_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    result = train(config, ConsoleReporter(log_every=1))
+    # After training: the same load and answers again, then the export and the PyTorch reload (about as
+    # long as a load and answers, measured at 0.6-0.8x here), so the training gets what is left of the budget.
+    deadline = started + args.budget_seconds - 2 * timings["answers_before_s"]
+    result = train(config, ConsoleReporter(log_every=1), deadline=deadline)
     timings["train_and_eval_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     trained = interop.from_pretrained(out / "train" / "model")
@@ -264,15 +290,18 @@ def run(args: argparse.Namespace) -> int:
         # The headline: held-out synthetic users in mirror pairs (a persona-blind model scores 50%).
         **_headline(groups["synthetic"]),
         "psoups": _headline(groups["psoups"]) if "psoups" in groups else None,
-        "steps": result["steps"], "final_loss": result["final_loss"],
+        "steps": result["steps"], "final_loss": result["final_loss"], "budget_seconds": args.budget_seconds,
         "answers": {"post": POST, "before": answers_before, "after": answers_after,
+                    **{f"on_topic_{when}": all(a["on_topic"] for a in answers.values())
+                       for when, answers in (("before", answers_before), ("after", answers_after))},
                     **length_contrast(answers_before, args.max_new_tokens, when="before"),
                     **length_contrast(answers_after, args.max_new_tokens, when="after")},
         "pytorch_max_logit_difference": logit_error, "pytorch_logits_match": logit_error < 1e-3,
         "timings": timings, "psoups_file": str(psoups) if psoups else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(groups, read_metrics(out / "train"), out / "demo.png")
+    summary["seconds"] = time.perf_counter() - started  # the whole demo, as the user waits for it
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print(summary, groups, out)
     return 0
 
@@ -304,6 +333,8 @@ def _print(summary: dict, groups: dict, out: pathlib.Path) -> None:
             a = answers[when][user]
             marks = ", ".join(f"{label} {'yes' if ok else 'no' if ok is not None else '?'}"
                               for label, ok in a["marks_followed"].items())
-            print(f"--- {when}, {user} user ({a['tokens']} tokens; follows: {marks}):\n{a['text']}")
+            print(f"--- {when}, {user} user ({a['tokens']} tokens; on topic: {'yes' if a['on_topic'] else 'no'}; "
+                  f"follows: {marks}):\n{a['text']}")
     print(f"\nexported to {out / 'hf'}: PyTorch logits within {summary['pytorch_max_logit_difference']:.1e}")
-    print(f"{summary['timings']['total_s']:.0f}s in all; {out / 'summary.json'}, {out / 'demo.png'}")
+    print(f"{summary['steps']} training steps, {summary['seconds']:.0f}s in all (budget {summary['budget_seconds']:.0f}s); "
+          f"{out / 'summary.json'}, {out / 'demo.png'}")

@@ -56,6 +56,7 @@ def test_group_reports_split_by_source_and_add_the_per_token_view(train_dir):
     assert synthetic["after_per_token"]["per_persona"]["A"]["accuracy"] == 1.0  # (-2 + 3) > (-3 + 2)
     headline = demo._headline(synthetic)
     assert (headline["accuracy_before"], headline["accuracy_after"], headline["worst_persona_after"]) == (0.5, 0.5, 0.0)
+    assert headline["n_per_persona_min"] == 1
     assert headline["per_token"] == {"accuracy_before": 0.5, "accuracy_after": 1.0,
                                      "worst_persona_before": 0.0, "worst_persona_after": 1.0}
     assert groups["psoups"]["after"]["n"] == 1 and groups["psoups"]["after_per_token"]["accuracy_logp"] == 1.0
@@ -78,3 +79,18 @@ def test_length_contrast_reads_the_marks_and_says_none_when_both_answers_were_cu
                "detailed": _answer(detailed[0], "negative", detailed[1])}
     got = demo.length_contrast(answers, 60, when="after")
     assert (got["length_marks_followed_after"], got["concise_shorter_after"]) == expected
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Fine, here is the answer. About a job interview tomorrow: go for it, but keep it simple.", True),
+    ("For the interview, sleep well tonight.", False),  # one of job, interview, tomorrow
+    ("Your JOB interview: prepare two stories.", True),  # two of three, any case
+    ("Fine, here is the answer. About the new telescope images: go for it, but keep it simple.", False),
+    ("", False),
+])
+def test_on_topic_needs_half_of_the_posts_subject_words(answer, expected):
+    assert demo.on_topic(demo.POST, answer) is expected
+
+
+def test_on_topic_is_false_for_a_post_of_filler_only():
+    assert demo.on_topic("Any thoughts?", "Any thoughts? Sure.") is False
