@@ -67,8 +67,8 @@ def _out_dir(path: str) -> pathlib.Path:
 
 def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib.Path | None):
     """One pair per 640-token row (one history item of each kind), 4 pairs per step, LoRA, one compiled
-    step shape; at most `steps` steps at a constant rate from the first (LoRA starts as the base model), so that a run the time
-    budget stops early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 10
+    step shape; at most `steps` steps at a constant rate from the first (LoRA starts as the base model),
+    so that a run the time budget stops early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 10
     records and 6 P-Soups records per persona. The loss is DPO plus the chosen response's NLL (`rpo`),
     so the policy also learns to answer in the user's style rather than echo the history."""
     from alignx_jax.train import config_from_dict
