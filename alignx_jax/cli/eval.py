@@ -159,7 +159,7 @@ def check_profiles(mode, records, indices, items: str, data_path) -> None:
             raise InputError(f"{data_path}: {error}") from None
 
 
-class _Progress:
+class Progress:
     """A tqdm bar on stderr with records/s and ETA, started when the amount to do is known."""
 
     def __init__(self, desc: str):
@@ -192,7 +192,6 @@ def run(args: argparse.Namespace) -> int:
 
         saved_bridge = bridge.load(args.policy)  # a damaged bridge is refused before any model loads
     from alignx_jax import evaluation
-    from alignx_jax.evaluation import _run
 
     check_model_path("--policy", args.policy)
     check_model_path("--reference", args.reference)
@@ -203,9 +202,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "pba_text":
         check_profiles(mode, records, indices, args.persona_items, args.data)
     run_info = {
-        "policy": _run.model_fingerprint(args.policy),
-        "reference": _run.model_fingerprint(args.reference),
-        "data": _run.file_fingerprint(args.data),
+        "policy": evaluation.model_fingerprint(args.policy),
+        "reference": evaluation.model_fingerprint(args.reference),
+        "data": evaluation.file_fingerprint(args.data),
         "mode": args.mode,
         "history": history,
         "persona_items": args.persona_items,
@@ -218,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.mode == "pba_soft":
         run_info["bridge"] = bridge.describe(saved_bridge)
-    resuming = _run.check_folder(args.out, run_info)
+    resuming = evaluation.check_folder(args.out, run_info)
     tokenizer, reference_tokenizer = load_tokenizers(args.policy, args.reference)
     if args.mode == "pba_soft":
         mode = evaluation.PbaSoftMode(bridge=evaluation.PersonaBridge(saved_bridge, tokenizer))
@@ -236,9 +235,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'resuming' if resuming else 'scoring'} {len(records)} records of {args.data} "
           f"({args.mode}, models loaded in {load_s:.1f}s) into {args.out}", file=sys.stderr)
     seq_lengths = tuple(s for s in evaluation.EVAL_SEQ_LENGTHS if s < args.max_length) + (args.max_length,)
-    progress = _Progress("scoring")
+    progress = Progress("scoring")
     try:
-        report = _run.evaluate_to_folder(
+        report = evaluation.evaluate_to_folder(
             args.out, records, indices, run=run_info, beta=args.beta, progress=progress, policy=policy,
             reference=reference, tokenizer=tokenizer, reference_tokenizer=reference_tokenizer, mode=mode,
             history=history, persona_items=args.persona_items, rows=args.rows, seq_lengths=seq_lengths,
@@ -268,7 +267,7 @@ def _data_parallel(policy, reference):
 
 
 def _compare(folders: list[pathlib.Path]) -> int:
-    from alignx_jax.evaluation import _report
+    from alignx_jax import evaluation
 
     reports = {}
     for folder in folders:
@@ -282,5 +281,5 @@ def _compare(folders: list[pathlib.Path]) -> int:
         while name in reports:
             name += "'"
         reports[name] = report
-    print(_report.compare(reports))
+    print(evaluation.compare(reports))
     return 0

@@ -9,6 +9,7 @@ Both work in memory (the training loop's held-out evaluation); `evaluate_to_fold
 `iter_generations` and the judges (`LocalJudge`, `HttpJudge`) serve win-rate studies.
 """
 from alignx_jax.evaluation._generation import PAPER_SAMPLING, generate_ids, iter_generations, prompt_ids
+from alignx_jax.evaluation._jsonl import RowWriter, read_rows
 from alignx_jax.evaluation._judge import (
     HttpJudge,
     LocalJudge,
@@ -41,15 +42,18 @@ from alignx_jax.evaluation._modes import (
     resolve_mode,
 )
 from alignx_jax.evaluation._report import compare, markdown, write_report
-from alignx_jax.evaluation._run import check_folder, evaluate_to_folder
+from alignx_jax.evaluation._run import check_folder, evaluate_to_folder, file_fingerprint, model_fingerprint
 from alignx_jax.evaluation._scoring import EVAL_SEQ_LENGTHS, iter_scores, score_records
 from alignx_jax.evaluation._soft import PersonaBridge, edited, generate_with_soft_tokens, neutral_distribution
 from alignx_jax.evaluation._selection import select_indices
+from alignx_jax.evaluation._views import group_reports, per_token, scored_tokens
 
 __all__ = [
     "PAPER_SAMPLING", "generate_ids", "iter_generations", "prompt_ids",
+    "RowWriter", "read_rows",
     "HttpJudge", "LocalJudge", "judge_pairs", "judge_prompt", "pair_generations", "summarize_judgments",
-    "compare", "markdown", "write_report", "check_folder", "evaluate_to_folder",
+    "compare", "markdown", "write_report", "check_folder", "evaluate_to_folder", "file_fingerprint",
+    "model_fingerprint",
     "DEFAULT_BETA", "bootstrap_ci", "breakdown", "correct", "correct_logp", "group_stats", "reward_margins",
     "row_order", "summarize", "worst_persona",
     "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaSoftMode", "PbaTextMode", "PersonaBridge", "edited", "generate_with_soft_tokens",
@@ -58,4 +62,5 @@ __all__ = [
     "resolve_mode",
     "EVAL_SEQ_LENGTHS", "iter_scores", "score_records",
     "select_indices",
+    "group_reports", "per_token", "scored_tokens",
 ]

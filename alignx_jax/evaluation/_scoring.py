@@ -32,7 +32,6 @@ EVAL_SEQ_LENGTHS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 
 DEFAULT_ROWS = 8
 DEFAULT_BATCH_TOKENS = 8192
 CHUNK_RECORDS = 512  # records encoded and length-sorted together (a progress step never waits for more)
-_BATCH_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
 
 Model = tuple[Any, Any]  # (params, LlamaConfig)
 
@@ -144,7 +143,7 @@ def _pack(pairs: list[data.EncodedPair], seq_lengths: tuple[int, ...], num_rows:
     batch = data.pack_rows([[p] for p in pairs], seq_len=seq_len, num_rows=num_rows, num_pair_slots=num_rows)
     arrays = batch.as_dict()
     scored_length = kernels.bucket_length(scoring.scored_token_count(arrays), _scored_buckets(num_rows * seq_len))
-    keys = _BATCH_KEYS + (("soft_slots",) if "soft_slots" in arrays else ())
+    keys = data.ROW_KEYS + tuple(k for k in data.OPTIONAL_ROW_KEYS if k in arrays)
     return {k: arrays[k] for k in keys}, scored_length
 
 

@@ -91,17 +91,7 @@ def edited(distribution: np.ndarray, settings: Mapping[str, str]) -> np.ndarray:
 def generate_with_soft_tokens(params: Any, config: Any, ids: Sequence[int], slots: Sequence[int],
                               soft_tokens: np.ndarray, *, sampling: Any, seed: int = 0) -> list[int]:
     """New token ids of one prompt whose `slots` (positions in `ids`) read the soft tokens [K, D]."""
-    from alignx_jax.models import decoding, llama
+    from alignx_jax.models import decoding
 
-    width = -(-len(ids) // 128) * 128
-    pad = config.eos_token_ids[0] if config.eos_token_ids else 0
-    tokens = np.full((1, width), pad, np.int32)
-    tokens[0, width - len(ids):] = ids
-    mask = np.zeros((1, width), bool)
-    mask[0, width - len(ids):] = True
-    embeddings = llama.embed_tokens(params, jnp.asarray(tokens), config)
-    positions = np.asarray(slots, np.int64) + width - len(ids)
-    embeddings = embeddings.at[0, positions].set(jnp.asarray(soft_tokens[:len(positions)], embeddings.dtype))
-    out, lengths = decoding.generate(params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed),
-                                     config=config, sampling=sampling, pad_id=pad, prompt_embeddings=embeddings)
-    return np.asarray(out)[0, :int(lengths[0])].tolist()
+    return decoding.generate_ids(params, [list(ids)], jax.random.key(seed), config=config, sampling=sampling,
+                                 width_step=128, soft=([slots], np.asarray(soft_tokens)[None]))[0]

@@ -37,19 +37,8 @@ class Pretrained:
     def generate(self, prompts: list[list[int]], sampling: decoding.Sampling = decoding.Sampling(),
                  seed: int = 0) -> list[list[int]]:
         """Continue each token-id prompt; returns the new ids of each, up to and including EOS."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate needs at least one prompt and no empty prompt")
-        width = max(len(p) for p in prompts)
-        pad = self.config.eos_token_ids[0] if self.config.eos_token_ids else 0
-        tokens = np.full((len(prompts), width), pad, np.int32)
-        mask = np.zeros((len(prompts), width), bool)
-        for row, p in enumerate(prompts):  # left padding: every row's next token lands in one slot
-            tokens[row, width - len(p):] = p
-            mask[row, width - len(p):] = True
-        out, lengths = decoding.generate(self.params, tokens, mask, jax.random.key(seed), config=self.config,
-                                         sampling=sampling, pad_id=pad)
-        out, lengths = np.asarray(out), np.asarray(lengths)
-        return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]
+        return decoding.generate_ids(self.params, prompts, jax.random.key(seed), config=self.config,
+                                     sampling=sampling)
 
     def chat(self, messages_batch: list[list[dict]], sampling: decoding.Sampling = decoding.Sampling(),
              seed: int = 0) -> list[str]:

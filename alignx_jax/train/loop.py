@@ -269,7 +269,7 @@ def _shared_batch_scorer(run: _Run, params, soft_tokens: np.ndarray | None = Non
             batch["soft_tokens"] = soft_tokens[np.maximum(batch["pair_source"], 0)]
         local = {k: v[index * (len(v) // processes):(index + 1) * (len(v) // processes)]
                  for k, v in batch.items()
-                 if k in train_data.ROW_KEYS + train_data.OPTIONAL_ROW_KEYS + ("pair_valid", "soft_tokens")}
+                 if k in data_lib.ROW_KEYS + data_lib.OPTIONAL_ROW_KEYS + ("pair_valid", "soft_tokens")}
         arrays = {k: jax.make_array_from_process_local_data(pair_sharding if k in ("pair_valid", "soft_tokens")
                                                             else row_sharding, v)
                   for k, v in local.items()}
