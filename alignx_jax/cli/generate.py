@@ -185,21 +185,21 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
         raise InputError(f"--persona {args.persona}: the model's golden bridge needs the persona's {prefs.DIRECTION!r}")
     tokenizer = interop.load_tokenizer(args.model)
     params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
-    reader = evaluation.PersonaBridge(saved, tokenizer) if saved is not None else None
+    reader = bridge.PersonaBridge(saved, tokenizer) if saved is not None else None
     if persona is None:
-        distribution = evaluation.neutral_distribution()
+        distribution = bridge.neutral_distribution()
     elif reader is not None:
         distribution = reader.distributions([history], [persona])[0]
     else:
         distribution = np.asarray(bridge.direction_distribution(prefs.official_profile_direction(history.directions())))
-    distribution = evaluation.edited(distribution, settings)
+    distribution = bridge.edited(distribution, settings)
     profile = bridge.map_profile(distribution)
     print(f"preferences: {profile or '(all neutral)'}"
           + (f" (as {reader.num_slots} soft tokens)" if reader is not None and reader.soft else ""), file=sys.stderr)
     if reader is not None and reader.soft:
         chat = data.pba_prompt(args.prompt, data.soft_profile(reader.num_slots), evaluation=True)
         ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
-        new = evaluation.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
+        new = bridge.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
                                               sampling=sampling, seed=args.seed)
     else:
         ids = evaluation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
