@@ -52,9 +52,14 @@ def config_yaml(start: pathlib.Path, out_dir: pathlib.Path) -> str:
     })
 
 
+LABELS = ROOT.parent / "shared" / "data" / "preference_dimensions.json"
+
+
 def run(tree: pathlib.Path, args: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device in both trees
     env.update(PYTHONPATH=str(tree), JAX_PLATFORMS="cpu")
+    if LABELS.is_file() and "ALIGNX_PREFERENCE_DIMENSIONS" not in env:  # the exported tree has no ../shared
+        env["ALIGNX_PREFERENCE_DIMENSIONS"] = str(LABELS)
     done = subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{tree}: {' '.join(args[:4])} failed:\n{done.stderr[-3000:]}")

@@ -200,7 +200,7 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
         chat = data.pba_prompt(args.prompt, data.soft_profile(reader.num_slots), evaluation=True)
         ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
         new = bridge.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
-                                              sampling=sampling, seed=args.seed)
+                                               sampling=sampling, seed=args.seed)
     else:
         ids = evaluation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
         new = evaluation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]

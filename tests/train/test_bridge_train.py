@@ -87,7 +87,7 @@ def test_train_step_updates_policy_and_bridge(joint_batch):
 
 
 TINY = {
-    "seed": 0, "steps": 3, "checkpoint_every": 3, "progress": False,
+    "seed": 0, "steps": 3, "checkpoint_every": 3,
     "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
               "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
     "data": {"synthetic": {"users": 8, "records_per_user": 2, "history_items": 2},
