@@ -1,7 +1,8 @@
 """One scoring service: the trainer's held-out figures equal `alignx eval` of the same checkpoint on
 the run's `heldout.json` (the policy: out_dir/model; the reference: the start model), per record and
 per persona. Both score through `evaluation.PairScorer` with the same prompts (the official
-evaluation layout, every history item), so they may differ only by float summation order."""
+evaluation layout, every history item, the same token budget: 2048 holds every held-out persona
+whole), so they may differ only by float summation order."""
 import json
 
 import numpy as np
@@ -25,7 +26,7 @@ def trained(tmp_path_factory):
         "seed": 0, "steps": 3, "checkpoint_every": 3, "out_dir": str(out), "model": {"name": str(start)},
         "data": {"synthetic": {"users": 8, "records_per_user": 4, "history_items": 1},
                  "heldout_synthetic": {"users": 4, "records_per_user": 3, "history_items": 2},
-                 "rows": 4, "seq_lengths": [512], "max_pairs_per_row": 1, "scored_buckets": [2048]},
+                 "rows": 4, "seq_lengths": [2048], "max_pairs_per_row": 1},
         "optimizer": {"lr": 3e-3, "warmup_steps": 1},
         "eval": {"layout": "evaluation", "history": "full"},
     }))
@@ -36,10 +37,11 @@ def test_trainer_heldout_figures_equal_alignx_eval(trained):
     root, start, out, summary = trained
     folder = root / "eval"
     assert cli.main(["eval", "--policy", str(out / "model"), "--reference", str(start), "--data",
-                     str(out / "heldout.json"), "--mode", "ica", "--out", str(folder)]) == 0
+                     str(out / "heldout.json"), "--mode", "ica", "--max-length", "2048", "--out", str(folder)]) == 0
     ours = {row["index"]: row for row in evaluation.read_rows(out / "heldout_scores.jsonl")}
     theirs = {row["index"]: row for row in evaluation.read_rows(folder / "scores.jsonl")}
     assert sorted(ours) == sorted(theirs) and len(ours) == summary["eval_n"] == 12
+    assert not any(row["truncated"] for row in theirs.values())
     keys = ("policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp")
     got = np.array([[ours[i][k] for k in keys] for i in sorted(ours)])
     want = np.array([[theirs[i][k] for k in keys] for i in sorted(ours)])
