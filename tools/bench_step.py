@@ -252,7 +252,7 @@ def _ours_setup(args, work: pathlib.Path, total_steps: int):
     from alignx_jax.models import sharding as model_sharding
     from alignx_jax.train import config as config_lib
     from alignx_jax.train import sharding as train_sharding
-    from alignx_jax.train.loop import create_state, load_model
+    from alignx_jax.train import create_state, load_model
     from alignx_jax.train.optimizer import learning_rate, make_optimizer
     from alignx_jax.train.step import StepSpec
 
@@ -475,7 +475,7 @@ def run_prefix(args, work: pathlib.Path) -> dict:
     from alignx_jax.models import scoring
     from alignx_jax.models import sharding as model_sharding
     from alignx_jax.train import config as config_lib
-    from alignx_jax.train.loop import load_model
+    from alignx_jax.train import load_model
 
     mesh = model_sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     params, model, tokenizer = load_model(config_lib.ModelConfig(name=str(work / "hf")), mesh, SEED)

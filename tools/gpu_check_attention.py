@@ -138,10 +138,10 @@ def environment():
         print(f"cuDNN {cuda_versions.cudnn_get_version() if cuda_versions else 'not found'}")
     except Exception as exc:  # noqa: BLE001
         print(f"cuDNN version unknown ({exc})")
-    from alignx_jax.kernels import _attention
+    from alignx_jax import kernels
 
     for dtype in ("float32", "bfloat16"):
-        print(f"auto picks {_attention.auto_impl(dtype, 64)} for {dtype}")
+        print(f"auto picks {kernels.auto_attention_impl(dtype, 64)} for {dtype}")
 
 
 @section("correctness vs dense fp32 (values, dq, dk, dv)")

@@ -9,6 +9,12 @@
     dist     = set_preferences(dist, dims, values)      # a user's edit (controllability)
 
 Classes per dimension: 0 negative, 1 neutral, 2 positive (direction values 0, 0.5, 1).
+
+The bridge as one slice: the persona tables and the one mode switch (`persona_arrays`,
+`distributions`; _persona.py), training's set-up, pretraining, held-out figures, probes and saving
+(`setup`, `BridgeSetup`, `probes`, `saved_bridge`; _training.py), and `PersonaBridge`, a saved bridge
+applied to new personas (`alignx eval --mode pba_soft`, `alignx generate`). Training's step hook is
+`train/bridge.py`.
 """
 from alignx_jax.bridge._io import CONDITIONINGS, FOLDER, MODES, SavedBridge, describe, has_bridge, load, save
 from alignx_jax.bridge._metrics import bridge_report, macro_f1, majority_classes, marked_dimensions
@@ -31,6 +37,35 @@ from alignx_jax.bridge._networks import (
     item_features,
     learned_distribution,
     pool_items,
+)
+from alignx_jax.bridge._persona import (
+    PersonaBridge,
+    PersonaTable,
+    distributions,
+    draw_items,
+    edited,
+    generate_with_soft_tokens,
+    neutral_distribution,
+    persona_arrays,
+    persona_table,
+    table_distributions,
+)
+from alignx_jax.bridge._training import (
+    BridgeSetup,
+    Probe,
+    current_params,
+    heldout_soft_tokens,
+    macro_f1_report,
+    pretrain,
+    probe_records,
+    probe_soft_tokens,
+    probes,
+    profiled,
+    records_soft_tokens,
+    saved_bridge,
+    setup,
+    summary_fields,
+    text_records,
 )
 from alignx_jax.bridge._rules import (
     CLASS_VALUES,
@@ -59,4 +94,9 @@ __all__ = [
     "CLASS_VALUES", "NEGATIVE", "NEUTRAL", "NUM_CLASSES", "POSITIVE", "direction_classes", "direction_distribution",
     "edits_from_labels", "golden_distribution", "map_direction", "map_profile", "official_direction",
     "official_distribution", "set_preferences", "soft_tokens",
+    "PersonaBridge", "PersonaTable", "distributions", "draw_items", "edited", "generate_with_soft_tokens",
+    "neutral_distribution", "persona_arrays", "persona_table", "table_distributions",
+    "BridgeSetup", "Probe", "current_params", "heldout_soft_tokens", "macro_f1_report", "pretrain", "probe_records",
+    "probe_soft_tokens", "probes", "profiled", "records_soft_tokens", "saved_bridge", "setup", "summary_fields",
+    "text_records",
 ]

@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     from alignx_jax import data
-    from alignx_jax.data._sources import RECORD_SUFFIXES
+    from alignx_jax.data import RECORD_SUFFIXES
 
     for flag, value, least in (("--users", args.users, 1), ("--records-per-user", args.records_per_user, 1),
                                ("--history-items", args.history_items, 0)):

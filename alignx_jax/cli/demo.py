@@ -86,31 +86,6 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     })
 
 
-def group_reports(train_dir: pathlib.Path, beta: float, tokenizer) -> dict[str, dict[str, dict]]:
-    """{"synthetic" | "psoups": {"before" | "after" | "before_per_token" | "after_per_token": report}}
-    from the run's held-out scores.
-
-    "before" is the start model as the policy (policy-only view; the paper's metric is a tie there).
-    The per-token reports divide each response's log-probs by its scored tokens (the packer's count: the
-    text's ids plus EOS), so their `accuracy_logp` is log π(chosen)/|chosen| > log π(rejected)/|rejected|:
-    the policy-only view without the sums' cost per extra token (it has a length prior of its own)."""
-    from alignx_jax import data, evaluation, preferences
-
-    records, _ = data.load_records(train_dir / "heldout.json")
-    rows = [json.loads(line) for line in (train_dir / "heldout_scores.jsonl").read_text().splitlines()]
-    groups: dict[str, dict[str, list]] = {}
-    for row in rows:
-        name = "psoups" if records[row["index"]].get(preferences.GROUND_TRUTH_PERSONA) else "synthetic"
-        before = dict(row, policy_chosen_logp=row["start_chosen_logp"], policy_rejected_logp=row["start_rejected_logp"])
-        length = {side: len(tokenizer.encode(row[side], add_special_tokens=False)) + 1 for side in ("chosen", "rejected")}
-        group = groups.setdefault(name, {"before": [], "after": [], "before_per_token": [], "after_per_token": []})
-        for when, r in (("before", before), ("after", row)):
-            group[when].append(r)
-            group[f"{when}_per_token"].append(dict(r, **{f"{model}_{side}_logp": r[f"{model}_{side}_logp"] / length[side]
-                                                       for model in ("policy", "ref") for side in length}))
-    return {name: {when: evaluation.summarize(rs, beta=beta) for when, rs in g.items()} for name, g in groups.items()}
-
-
 def _reload_in_pytorch(hf_dir: pathlib.Path, model_dir: pathlib.Path, tokenizer) -> float:
     """Max |logit difference| of transformers (PyTorch) on the exported folder vs our model, one prompt."""
     import numpy as np
@@ -246,7 +221,7 @@ def _headline(reports: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignx_jax import interop
+    from alignx_jax import evaluation, interop
     from alignx_jax.cli.train import ConsoleReporter
     from alignx_jax.errors import InputError
     from alignx_jax.train import train
@@ -285,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     logit_error = _reload_in_pytorch(out / "hf", out / "train" / "model", trained.tokenizer)
     timings["pytorch_reload_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
-    groups = group_reports(out / "train", config.beta, trained.tokenizer)
+    groups = evaluation.group_reports(out / "train", config.beta, trained.tokenizer)
     summary = {
         # The headline: held-out synthetic users in mirror pairs (a persona-blind model scores 50%).
         **_headline(groups["synthetic"]),

@@ -51,8 +51,12 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and compute dtype")
     p.add_argument("--kernel-impl", default="auto", choices=("auto", "xla", "pallas_gpu", "pallas_tpu"),
                    help="the fused log-prob kernel (auto: Pallas on TPU/GPU, XLA elsewhere)")
+    p.add_argument("--mesh", default=None, metavar="data=1,fsdp=-1,tensor=1",
+                   help="the device mesh, with training's rules (`mesh:` of a config): rows split over data x fsdp, "
+                        "parameters sharded over fsdp (and tensor); one size may be -1 (the remaining devices). "
+                        "Default: every device on fsdp, as training")
     p.add_argument("--data-parallel", action="store_true",
-                   help="split each batch's rows over every local device (parameters replicated)")
+                   help="the mesh data=-1,fsdp=1: each batch's rows split over every device, parameters replicated")
     p.add_argument("--compare", nargs="+", type=pathlib.Path, metavar="DIR",
                    help="print the reports of earlier runs side by side (per persona) and exit")
     p.set_defaults(func=run)
@@ -69,6 +73,40 @@ def parse_history(text: str | None) -> int | list[int] | None:
     if not values or any(v < 0 for v in values):
         raise InputError(f"--history needs item counts >= 0, got {text!r}")
     return values[0] if len(values) == 1 else sorted(set(values))
+
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh(text: str | None, data_parallel: bool = False) -> dict[str, int]:
+    """`--mesh data=2,fsdp=-1`: mesh sizes over MESH_AXES (unnamed ones: data 1, fsdp -1, tensor 1)."""
+    sizes = {"data": 1, "fsdp": -1, "tensor": 1}
+    if data_parallel:
+        if text is not None:
+            raise InputError("give --mesh or --data-parallel, not both")
+        return {"data": -1, "fsdp": 1, "tensor": 1}
+    if text is None:
+        return sizes
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if name not in MESH_AXES or not (size >= 1 or size == -1):
+            raise InputError(f"--mesh must look like data=1,fsdp=-1,tensor=1 (sizes >= 1, one may be -1), got {text!r}")
+        sizes[name] = size
+    return sizes
+
+
+def make_mesh(sizes: dict[str, int]):
+    from alignx_jax.models import sharding
+
+    try:
+        return sharding.make_mesh(sizes["data"], sizes["fsdp"], sizes["tensor"])
+    except ValueError as error:
+        raise InputError(f"--mesh: {error}") from None
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -159,7 +197,7 @@ def check_profiles(mode, records, indices, items: str, data_path) -> None:
             raise InputError(f"{data_path}: {error}") from None
 
 
-class _Progress:
+class Progress:
     """A tqdm bar on stderr with records/s and ETA, started when the amount to do is known."""
 
     def __init__(self, desc: str):
@@ -183,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         return _compare(args.compare)
     _check_args(args)
     history = parse_history(args.history)
+    mesh_sizes = parse_mesh(args.mesh, args.data_parallel)
     if args.mode == "pba_soft":
         check_model_path("--policy", args.policy)
         if not has_preference_bridge(args.policy):
@@ -192,7 +231,6 @@ def run(args: argparse.Namespace) -> int:
 
         saved_bridge = bridge.load(args.policy)  # a damaged bridge is refused before any model loads
     from alignx_jax import evaluation
-    from alignx_jax.evaluation import _run
 
     check_model_path("--policy", args.policy)
     check_model_path("--reference", args.reference)
@@ -203,9 +241,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "pba_text":
         check_profiles(mode, records, indices, args.persona_items, args.data)
     run_info = {
-        "policy": _run.model_fingerprint(args.policy),
-        "reference": _run.model_fingerprint(args.reference),
-        "data": _run.file_fingerprint(args.data),
+        "policy": evaluation.model_fingerprint(args.policy),
+        "reference": evaluation.model_fingerprint(args.reference),
+        "data": evaluation.file_fingerprint(args.data),
         "mode": args.mode,
         "history": history,
         "persona_items": args.persona_items,
@@ -218,31 +256,32 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.mode == "pba_soft":
         run_info["bridge"] = bridge.describe(saved_bridge)
-    resuming = _run.check_folder(args.out, run_info)
+    resuming = evaluation.check_folder(args.out, run_info)
     tokenizer, reference_tokenizer = load_tokenizers(args.policy, args.reference)
     if args.mode == "pba_soft":
-        mode = evaluation.PbaSoftMode(bridge=evaluation.PersonaBridge(saved_bridge, tokenizer))
+        mode = evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(saved_bridge, tokenizer))
 
     from alignx_jax import interop
+    from alignx_jax.models import sharding
 
+    mesh = make_mesh(mesh_sizes)
     start = time.perf_counter()
-    policy = interop.load_params(args.policy, param_dtype=args.dtype, dtype=args.dtype)
-    reference = policy if args.reference == args.policy else interop.load_params(
-        args.reference, param_dtype=args.dtype, dtype=args.dtype)
-    batch_sharding = None
-    if args.data_parallel:
-        policy, reference, batch_sharding = _data_parallel(policy, reference)
+    load = lambda source: interop.load_model(  # noqa: E731
+        source, shardings=lambda config: sharding.param_shardings(config, mesh), param_dtype=args.dtype,
+        dtype=args.dtype)
+    policy = load(args.policy)
+    reference = policy if args.reference == args.policy else load(args.reference)
     load_s = time.perf_counter() - start
     print(f"{'resuming' if resuming else 'scoring'} {len(records)} records of {args.data} "
           f"({args.mode}, models loaded in {load_s:.1f}s) into {args.out}", file=sys.stderr)
     seq_lengths = tuple(s for s in evaluation.EVAL_SEQ_LENGTHS if s < args.max_length) + (args.max_length,)
-    progress = _Progress("scoring")
+    progress = Progress("scoring")
     try:
-        report = _run.evaluate_to_folder(
+        report = evaluation.evaluate_to_folder(
             args.out, records, indices, run=run_info, beta=args.beta, progress=progress, policy=policy,
             reference=reference, tokenizer=tokenizer, reference_tokenizer=reference_tokenizer, mode=mode,
             history=history, persona_items=args.persona_items, rows=args.rows, seq_lengths=seq_lengths,
-            batch_tokens=args.batch_tokens, batch_sharding=batch_sharding, kernel_impl=args.kernel_impl)
+            batch_tokens=args.batch_tokens, mesh=mesh, kernel_impl=args.kernel_impl)
     finally:
         progress.close()
     timing = report["timing"]
@@ -254,21 +293,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_parallel(policy, reference):
-    """Parameters replicated on every local device and a row sharding for the batches."""
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    place = lambda model: (jax.device_put(model[0], replicated), model[1])  # noqa: E731
-    placed = place(policy)
-    return placed, placed if reference is policy else place(reference), NamedSharding(mesh, PartitionSpec("data"))
-
-
 def _compare(folders: list[pathlib.Path]) -> int:
-    from alignx_jax.evaluation import _report
+    from alignx_jax import evaluation
 
     reports = {}
     for folder in folders:
@@ -282,5 +308,5 @@ def _compare(folders: list[pathlib.Path]) -> int:
         while name in reports:
             name += "'"
         reports[name] = report
-    print(_report.compare(reports))
+    print(evaluation.compare(reports))
     return 0

@@ -146,16 +146,15 @@ def single_prompt_messages(args: argparse.Namespace) -> list[dict]:
 def _answer_one(args: argparse.Namespace, sampling) -> int:
     if args.out is not None:
         raise InputError("--out goes with --data; --prompt prints its answer")
-    from alignx_jax import interop
-    from alignx_jax.evaluation import _generation
+    from alignx_jax import evaluation, interop
 
     messages = single_prompt_messages(args)
     if args.preference or args.persona is not None:
         return _answer_conditioned(args, sampling)
     tokenizer = interop.load_tokenizer(args.model)
     params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
-    ids = _generation.prompt_ids(tokenizer, messages)
-    new = _generation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
+    ids = evaluation.prompt_ids(tokenizer, messages)
+    new = evaluation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
     if new and new[-1] in config.eos_token_ids:
         new = new[:-1]
     print(tokenizer.decode(new, skip_special_tokens=True).strip())
@@ -166,9 +165,8 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
     """--prompt with --preference / --persona: the PBA evaluation layout conditioned on the user."""
     import numpy as np
 
-    from alignx_jax import bridge, data, interop
+    from alignx_jax import bridge, data, evaluation, interop
     from alignx_jax import preferences as prefs
-    from alignx_jax.evaluation import _generation, _soft
 
     settings = parse_preferences(args.preference)
     persona = load_persona(args.persona) if args.persona is not None else None
@@ -187,25 +185,25 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
         raise InputError(f"--persona {args.persona}: the model's golden bridge needs the persona's {prefs.DIRECTION!r}")
     tokenizer = interop.load_tokenizer(args.model)
     params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
-    reader = _soft.PersonaBridge(saved, tokenizer) if saved is not None else None
+    reader = bridge.PersonaBridge(saved, tokenizer) if saved is not None else None
     if persona is None:
-        distribution = _soft.neutral_distribution()
+        distribution = bridge.neutral_distribution()
     elif reader is not None:
         distribution = reader.distributions([history], [persona])[0]
     else:
         distribution = np.asarray(bridge.direction_distribution(prefs.official_profile_direction(history.directions())))
-    distribution = _soft.edited(distribution, settings)
+    distribution = bridge.edited(distribution, settings)
     profile = bridge.map_profile(distribution)
     print(f"preferences: {profile or '(all neutral)'}"
           + (f" (as {reader.num_slots} soft tokens)" if reader is not None and reader.soft else ""), file=sys.stderr)
     if reader is not None and reader.soft:
         chat = data.pba_prompt(args.prompt, data.soft_profile(reader.num_slots), evaluation=True)
         ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
-        new = _soft.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
-                                              sampling=sampling, seed=args.seed)
+        new = bridge.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
+                                               sampling=sampling, seed=args.seed)
     else:
-        ids = _generation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
-        new = _generation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
+        ids = evaluation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
+        new = evaluation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
     if new and new[-1] in config.eos_token_ids:
         new = new[:-1]
     print(tokenizer.decode(new, skip_special_tokens=True).strip())
@@ -213,8 +211,8 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
 
 
 def _answer_file(args: argparse.Namespace, sampling) -> int:
+    from alignx_jax import evaluation
     from alignx_jax.cli._common import output_path
-    from alignx_jax.evaluation import _generation, _jsonl, _run, resolve_mode
 
     if args.out is None:
         raise InputError("--data needs --out FILE.jsonl")
@@ -226,17 +224,17 @@ def _answer_file(args: argparse.Namespace, sampling) -> int:
     out = output_path(args.out, kind="file", suffixes=(".jsonl",), flag="--out")
     records, indices = eval_cli.select_records(args.data, limit=args.limit, per_persona=args.per_persona)
     eval_cli.check_persona_items(records, indices, args.persona_items, args.data)
-    mode = resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile)
+    mode = evaluation.resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile)
     if args.mode == "pba_text":
         eval_cli.check_profiles(mode, records, indices, args.persona_items, args.data)
     settings = {
-        "model": _run.model_fingerprint(args.model), "data": _run.file_fingerprint(args.data)["sha256"],
+        "model": evaluation.model_fingerprint(args.model), "data": evaluation.file_fingerprint(args.data)["sha256"],
         "mode": args.mode, "profile": args.profile if args.mode == "pba_text" else None,
         "policy_layout": args.policy_layout if args.mode == "ica" else None, "history": args.history,
         "persona_items": args.persona_items, "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "dtype": args.dtype,
     }
-    previous = _jsonl.read_rows(out)  # refuses a damaged file; a truncated last line is dropped below
+    previous = evaluation.read_rows(out)  # refuses a damaged file; a truncated last line is dropped below
     if previous and previous[0].get("generation") != settings:
         raise InputError(f"--out {out}: holds generations with other settings (or is not an `alignx generate` "
                          f"file); give a new file, or the same settings to resume it")
@@ -246,13 +244,13 @@ def _answer_file(args: argparse.Namespace, sampling) -> int:
 
     tokenizer = interop.load_tokenizer(args.model)
     params, config = interop.load_params(args.model, param_dtype=args.dtype, dtype=args.dtype)
-    _jsonl.read_rows(out, repair=True)
+    evaluation.read_rows(out, repair=True)
     print(f"generating {len(wanted)} answers ({len(done & set(indices))} already in {out})", file=sys.stderr)
-    progress = eval_cli._Progress("generating")
+    progress = eval_cli.Progress("generating")
     progress(0, len(wanted))
     try:
-        with _jsonl.RowWriter(out) as writer:
-            for rows in _generation.iter_generations(
+        with evaluation.RowWriter(out) as writer:
+            for rows in evaluation.iter_generations(
                     records, model=(params, config), tokenizer=tokenizer, mode=mode, history=args.history,
                     persona_items=args.persona_items, indices=indices, skip=done, sampling=sampling,
                     batch_size=args.batch_size, seed=args.seed):

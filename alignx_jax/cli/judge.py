@@ -36,11 +36,11 @@ def register(subparsers) -> None:
 
 
 def _read_generations(path: pathlib.Path) -> list[dict]:
-    from alignx_jax.evaluation import _jsonl
+    from alignx_jax import evaluation
 
     if not path.is_file():
         raise MissingFileError(f"{path}: no such generation file (write one with `alignx generate`)")
-    rows = _jsonl.read_rows(path)
+    rows = evaluation.read_rows(path)
     if not rows:
         raise InputError(f"{path}: holds no generations")
     for number, row in enumerate(rows, start=1):
@@ -51,7 +51,7 @@ def _read_generations(path: pathlib.Path) -> list[dict]:
 
 
 def _make_judge(args: argparse.Namespace):
-    from alignx_jax.evaluation import _judge
+    from alignx_jax import evaluation
 
     if args.judge == "http":
         url = os.environ.get(URL_ENV, "").strip()
@@ -61,7 +61,7 @@ def _make_judge(args: argparse.Namespace):
         model = args.judge_model or os.environ.get(MODEL_ENV, "").strip()
         if not model:
             raise InputError(f"--judge http needs a model name: --judge-model NAME or ${MODEL_ENV}")
-        return _judge.HttpJudge(url, model, api_key=os.environ.get(KEY_ENV) or None), {"kind": "http", "model": model}
+        return evaluation.HttpJudge(url, model, api_key=os.environ.get(KEY_ENV) or None), {"kind": "http", "model": model}
     from alignx_jax import interop
     from alignx_jax.cli import eval as eval_cli
 
@@ -69,13 +69,13 @@ def _make_judge(args: argparse.Namespace):
     eval_cli.check_model_path("--judge-model", source)
     tokenizer = interop.load_tokenizer(source)
     params, config = interop.load_params(source)
-    judge = _judge.LocalJudge(params, config, tokenizer, name=source, batch_size=args.batch_size)
+    judge = evaluation.LocalJudge(params, config, tokenizer, name=source, batch_size=args.batch_size)
     return judge, {"kind": "local", "model": source}
 
 
 def run(args: argparse.Namespace) -> int:
+    from alignx_jax import evaluation
     from alignx_jax.cli._common import atomic_output, output_path
-    from alignx_jax.evaluation import _judge
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
@@ -83,15 +83,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = output_path(args.out, kind="folder", flag="--out")
     rows_a, rows_b = _read_generations(args.a), _read_generations(args.b)
-    pairs = _judge.pair_generations(rows_a, rows_b, name_a=str(args.a), name_b=str(args.b))
+    pairs = evaluation.pair_generations(rows_a, rows_b, name_a=str(args.a), name_b=str(args.b))
     if not pairs:
         raise InputError(f"{args.a} and {args.b} answer no record in common")
     pairs = pairs[: args.limit] if args.limit else pairs
     judge, judge_info = _make_judge(args)
     print(f"judging {len(pairs)} pairs, both orders, with the {judge_info['kind']} judge {judge_info['model']}",
           file=sys.stderr)
-    judgments = _judge.judge_pairs(pairs, judge)
-    report = _judge.summarize_judgments(judgments)
+    judgments = evaluation.judge_pairs(pairs, judge)
+    report = evaluation.summarize_judgments(judgments)
     report.update(a=str(args.a), b=str(args.b), judge=judge_info, only_in_a=len(rows_a) - len(pairs) if not args.limit
                   else None, only_in_b=len(rows_b) - len(pairs) if not args.limit else None)
     with atomic_output(out, kind="folder") as tmp:

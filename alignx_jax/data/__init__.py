@@ -6,6 +6,9 @@ from alignx_jax.data._packing import (
     PAD,
     PROMPT,
     REJECTED,
+    OPTIONAL_ROW_KEYS,
+    PAIR_KEYS,
+    ROW_KEYS,
     EncodedPair,
     PackedBatch,
     PackingConfig,
@@ -47,6 +50,7 @@ from alignx_jax.data._rendering import (
     ugc_section,
 )
 from alignx_jax.data._sources import (
+    RECORD_SUFFIXES,
     LoadReport,
     hub_parquet_schema,
     iter_json_records,
@@ -73,14 +77,14 @@ def __getattr__(name):
 
 
 __all__ = [
-    "CHOSEN", "DEFAULT_SEQ_LENGTHS", "PAD", "PROMPT", "REJECTED", "EncodedPair", "PackedBatch", "PackingConfig",
+    "CHOSEN", "DEFAULT_SEQ_LENGTHS", "OPTIONAL_ROW_KEYS", "PAD", "PAIR_KEYS", "PROMPT", "REJECTED", "ROW_KEYS", "EncodedPair", "PackedBatch", "PackingConfig",
     "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows", "pair_sums",
     "prompt_ids_and_slots",
     "DEMO_ITEM", "PAIR_ITEM", "UGC_ITEM", "VIEWS", "PersonaItems", "cap_history", "pad_items", "persona_items",
     "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
-    "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
+    "RECORD_SUFFIXES", "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
     "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
     "LENGTH_DIMENSION", "response_styles", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

@@ -156,6 +156,14 @@ def encode_pair(
                        None if slots is None else as_array(slots))
 
 
+# The packed batch's arrays by shape: [B, T] per row, [P] per pair slot, and the [B, T] array only
+# prompts with soft preference slots carry. Every consumer (the step, the scorer, multi-host
+# assembly) reads these lists; none writes its own.
+ROW_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
+PAIR_KEYS = ("pair_valid", "pair_source")
+OPTIONAL_ROW_KEYS = ("soft_slots",)
+
+
 @dataclasses.dataclass(frozen=True)
 class PackedBatch:
     """A static-shape batch; every array is [B, T] except `pair_valid` and `pair_source` [num_pair_slots].

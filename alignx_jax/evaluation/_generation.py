@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from alignx_jax import data
 from alignx_jax import preferences as prefs
@@ -44,19 +43,8 @@ def generate_ids(params: Any, config: Any, prompts: Sequence[Sequence[int]], *,
                  sampling: decoding.Sampling = PAPER_SAMPLING, seed: int = 0,
                  width_step: int = WIDTH_STEP) -> list[list[int]]:
     """The new token ids of each prompt (EOS included when reached), decoded in one batch."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate_ids needs at least one prompt and no empty prompt")
-    width = -(-max(len(p) for p in prompts) // width_step) * width_step
-    pad = config.eos_token_ids[0] if config.eos_token_ids else 0
-    tokens = np.full((len(prompts), width), pad, np.int32)
-    mask = np.zeros((len(prompts), width), bool)
-    for row, p in enumerate(prompts):
-        tokens[row, width - len(p):] = p
-        mask[row, width - len(p):] = True
-    out, lengths = decoding.generate(params, tokens, mask, jax.random.key(seed), config=config, sampling=sampling,
-                                     pad_id=pad)
-    out, lengths = np.asarray(out), np.asarray(lengths)
-    return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]
+    return decoding.generate_ids(params, prompts, jax.random.key(seed), config=config, sampling=sampling,
+                                 width_step=width_step)
 
 
 def persona_description(record: Mapping[str, Any]) -> str:

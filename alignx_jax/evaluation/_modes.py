@@ -150,7 +150,7 @@ class PbaTextMode(EvalMode):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PbaSoftMode(EvalMode):
-    """The policy conditioned by its own preference bridge (`evaluation.PersonaBridge`) on the shown
+    """The policy conditioned by its own preference bridge (`bridge.PersonaBridge`) on the shown
     history, in the PBA evaluation layout: soft tokens in the profile's slots, or (a text-conditioned
     bridge) the MAP profile text."""
 
@@ -160,7 +160,7 @@ class PbaSoftMode(EvalMode):
     def __post_init__(self):
         if self.bridge is None:
             raise InputError("mode pba_soft needs the policy's preference bridge: "
-                             "PbaSoftMode(bridge=evaluation.PersonaBridge(bridge.load(policy_folder), tokenizer))")
+                             "PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy_folder), tokenizer))")
 
     def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
         prompt = record[prefs.PROMPT]
@@ -184,7 +184,7 @@ class PbaSoftMode(EvalMode):
         import numpy as np
 
         tokens = self.bridge.soft_tokens(self.bridge.distributions(histories, records))
-        num_pairs = arrays["pair_ids"].shape[0] if "num_rows" not in kwargs else kwargs["num_rows"]
+        num_pairs = kwargs.get("num_rows", arrays["pair_ids"].shape[0])
         padded = np.zeros((num_pairs, *tokens.shape[1:]), np.float32)
         padded[:len(tokens)] = tokens
         return score(params, config, arrays, soft_tokens=padded, **kwargs)
@@ -200,5 +200,5 @@ def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "
         return PbaTextMode(profile=profile)
     if mode == "pba_soft":
         raise InputError("mode pba_soft needs the policy's preference bridge: pass "
-                         "evaluation.PbaSoftMode(bridge=evaluation.PersonaBridge(bridge.load(policy), tokenizer))")
+                         "evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy), tokenizer))")
     raise InputError(f"unknown evaluation mode {mode!r}, expected one of {MODE_NAMES}")

@@ -5,11 +5,11 @@ responses; `data.encode_pair` gives the token ids: prompt ids, each response's o
 are sorted by length within a chunk of records and batched `rows` at a time, the row length
 bucketed (`seq_lengths`) and the rows per batch bounded by `batch_tokens`, so a run compiles a
 few shapes. The policy and the reference are scored on the same packed batch when their prompts
-are the same (ICA evaluation layout = the few-shot reference prompt); both go through
-`models.scoring.pair_logprobs` (forward only, scored tokens only).
+are the same (ICA evaluation layout = the few-shot reference prompt); both go through the one
+scoring service, `PairScorer` (on a mesh, forward only, scored tokens only).
 
-Where the training loop evaluates held-out records every N steps, it calls `score_records` with
-its current params and `summarize` on the result; nothing here touches a file.
+`score_records` works in memory; `evaluate_to_folder` (what `alignx eval` runs) adds the files.
+Nothing here touches a file.
 """
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from alignx_jax import data, kernels
+from alignx_jax import data
 from alignx_jax import preferences as prefs
 from alignx_jax.evaluation import _metrics, _modes
-from alignx_jax.models import scoring
+from alignx_jax.evaluation._scorer import PairScorer
 
 # Row lengths: fine steps where benchmark prompts live (a few hundred to a few thousand tokens),
 # coarser above; the largest is the official 8192-token budget.
@@ -32,13 +31,8 @@ EVAL_SEQ_LENGTHS = (128, 256, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 2560, 
 DEFAULT_ROWS = 8
 DEFAULT_BATCH_TOKENS = 8192
 CHUNK_RECORDS = 512  # records encoded and length-sorted together (a progress step never waits for more)
-_BATCH_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
 
 Model = tuple[Any, Any]  # (params, LlamaConfig)
-
-_pair_logprobs = jax.jit(scoring.pair_logprobs,
-                         static_argnames=("config", "num_pairs", "scored_length", "differentiable", "kernel_impl"))
-
 
 @dataclasses.dataclass
 class _Encoded:
@@ -123,35 +117,10 @@ def _rows_for(seq_len: int, rows: int, batch_tokens: int, multiple: int = 1) -> 
     return -(-fit // multiple) * multiple
 
 
-def _row_shards(sharding: jax.sharding.Sharding | None) -> int:
-    """How many pieces a sharding cuts the batch's row axis into (rows must be a multiple of it)."""
-    if sharding is None:
-        return 1
-    n = sharding.num_devices
-    return len({index[0].indices(n) for index in sharding.devices_indices_map((n, 1)).values()})
-
-
-def _scored_buckets(limit: int) -> tuple[int, ...]:
-    buckets, size = [], 64
-    while size < limit:
-        buckets.append(size)
-        size *= 2
-    return tuple(buckets) + (limit,)
-
-
-def _pack(pairs: list[data.EncodedPair], seq_lengths: tuple[int, ...], num_rows: int) -> tuple[dict, int]:
+def _pack(pairs: list[data.EncodedPair], seq_lengths: tuple[int, ...], num_rows: int) -> dict:
     seq_len = data.PackingConfig(rows=num_rows, seq_lengths=seq_lengths).bucket(max(p.packed_length for p in pairs))
-    batch = data.pack_rows([[p] for p in pairs], seq_len=seq_len, num_rows=num_rows, num_pair_slots=num_rows)
-    arrays = batch.as_dict()
-    scored_length = kernels.bucket_length(scoring.scored_token_count(arrays), _scored_buckets(num_rows * seq_len))
-    keys = _BATCH_KEYS + (("soft_slots",) if "soft_slots" in arrays else ())
-    return {k: arrays[k] for k in keys}, scored_length
-
-
-def _to_device(arrays: dict, sharding) -> dict:
-    if sharding is None:
-        return {k: jnp.asarray(v) for k, v in arrays.items()}
-    return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
+    arrays = data.pack_rows([[p] for p in pairs], seq_len=seq_len, num_rows=num_rows, num_pair_slots=num_rows).as_dict()
+    return {k: arrays[k] for k in data.ROW_KEYS + data.OPTIONAL_ROW_KEYS if k in arrays}
 
 
 def _same_model(policy: Model, reference: Model) -> bool:
@@ -175,7 +144,7 @@ def iter_scores(
     seq_lengths: Sequence[int] = EVAL_SEQ_LENGTHS,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     chunk_records: int = CHUNK_RECORDS,
-    batch_sharding: jax.sharding.Sharding | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     kernel_impl: str = "auto",
 ) -> Iterator[list[dict]]:
     """Score records batch by batch; yields the score rows of each batch as soon as it is done.
@@ -198,10 +167,12 @@ def iter_scores(
     work = [(record, int(index), cap) for cap in _histories(history) for record, index in zip(records, indices)
             if (int(index), cap) not in skip]
     same_model = _same_model(policy, reference)
-    row_multiple = _row_shards(batch_sharding)
-    score = lambda params, config, arrays, scored_length, num_rows, soft_tokens=None: _pair_logprobs(  # noqa: E731
-        params, config, arrays, num_pairs=num_rows, scored_length=scored_length, differentiable=False,
-        kernel_impl=kernel_impl, soft_tokens=None if soft_tokens is None else jnp.asarray(soft_tokens))
+    scorer = PairScorer(mesh, kernel_impl=kernel_impl)
+    row_multiple = scorer.row_multiple
+    policy = (scorer.place(*policy), policy[1])
+    reference = policy if same_model else (scorer.place(*reference), reference[1])
+    score = lambda params, config, arrays, num_rows, soft_tokens=None: scorer(  # noqa: E731
+        params, config, arrays, num_pairs=num_rows, soft_tokens=soft_tokens)
     for start in range(0, len(work), chunk_records):
         chunk = [_encode(record, index, cap, position, mode=mode, persona_items=persona_items, tokenizer=tokenizer,
                          reference_tokenizer=reference_tokenizer, max_length=seq_lengths[-1])
@@ -218,21 +189,18 @@ def iter_scores(
                 num_rows = min(num_rows, -(-(1 << (left - 1).bit_length()) // row_multiple) * row_multiple)
             group = chunk[i:i + num_rows]
             i += num_rows
-            policy_arrays, policy_scored = _pack([e.policy for e in group], seq_lengths, num_rows)
-            policy_device = _to_device(policy_arrays, batch_sharding)
+            policy_arrays = _pack([e.policy for e in group], seq_lengths, num_rows)
             group_records = [e.record for e in group]
-            pol = mode.score_policy(score, policy[0], policy[1], policy_device, group_records,
-                                    histories=[e.history for e in group], scored_length=policy_scored,
-                                    num_rows=num_rows)
+            pol = mode.score_policy(score, policy[0], policy[1], policy_arrays, group_records,
+                                    histories=[e.history for e in group], num_rows=num_rows)
             shared_prompt = all(e.reference is e.policy for e in group)
             if same_model and shared_prompt:
                 ref = pol
             elif shared_prompt:
-                ref = score(reference[0], reference[1], policy_device, policy_scored, num_rows)
+                ref = score(reference[0], reference[1], policy_arrays, num_rows)
             else:
-                ref_arrays, ref_scored = _pack([e.reference for e in group], seq_lengths, num_rows)
-                ref = score(reference[0], reference[1], _to_device(ref_arrays, batch_sharding), ref_scored, num_rows)
-            pol, ref = jax.device_get((pol, ref))
+                ref = score(reference[0], reference[1], _pack([e.reference for e in group], seq_lengths, num_rows),
+                            num_rows)
             out = []
             for slot, e in enumerate(group):
                 row = dict(e.row)
@@ -264,7 +232,7 @@ def score_records(
     rows: int = DEFAULT_ROWS,
     seq_lengths: Sequence[int] = EVAL_SEQ_LENGTHS,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    batch_sharding: jax.sharding.Sharding | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     kernel_impl: str = "auto",
     progress: Callable[[int], Any] | None = None,
 ) -> list[dict]:
@@ -286,9 +254,9 @@ def score_records(
       rows, seq_lengths, batch_tokens: at most `rows` pairs and `batch_tokens` tokens per batch,
         row lengths from `seq_lengths` (the largest is the per-pair token budget; longer prompts
         lose history items, then are left-truncated, and the row says `truncated`).
-      batch_sharding: a `jax.sharding.Sharding` for the [rows, T] batch arrays (e.g.
-        `NamedSharding(mesh, P("data"))`; the rows per batch are rounded up to a multiple of its
-        row shards); params keep their own (replicated, or the model's sharding rules).
+      mesh: a ('data', 'fsdp', 'tensor') mesh (`models.sharding.make_mesh`; default: every device
+        on 'fsdp', as training): the batch rows split over (data, fsdp), rounded up to a multiple of
+        them; params are laid out by the model's sharding rules (`PairScorer`).
       progress: called with the number of records each finished batch scored.
 
     Returns:
@@ -303,7 +271,7 @@ def score_records(
     for batch_rows in iter_scores(records, policy=policy, reference=reference, tokenizer=tokenizer,
                                   reference_tokenizer=reference_tokenizer, mode=mode, beta=beta, history=history,
                                   persona_items=persona_items, indices=indices, rows=rows, seq_lengths=seq_lengths,
-                                  batch_tokens=batch_tokens, batch_sharding=batch_sharding, kernel_impl=kernel_impl):
+                                  batch_tokens=batch_tokens, mesh=mesh, kernel_impl=kernel_impl):
         out.extend(batch_rows)
         if progress is not None:
             progress(len(batch_rows))

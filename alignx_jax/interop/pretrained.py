@@ -1,10 +1,20 @@
-"""`from_pretrained`: one entry point for the embedded model, Hugging Face folders and our folders."""
+"""Model sources: the embedded model, Hugging Face folders, our folders, GGUF files and random presets.
+
+    config = model_config(source, **numerics)            # the architecture without the weights (None: GGUF)
+    params, config = load_model(source, shardings=fn)     # weights placed as fn(config) says (a mesh's rules)
+    model = from_pretrained(source)                       # a callable, generating `Pretrained`
+
+The one home of "what is this model name": training (`model:` in a config), `alignx eval`,
+`alignx generate` and the judges all resolve sources here.
+"""
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
 import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +47,8 @@ class Pretrained:
     def generate(self, prompts: list[list[int]], sampling: decoding.Sampling = decoding.Sampling(),
                  seed: int = 0) -> list[list[int]]:
         """Continue each token-id prompt; returns the new ids of each, up to and including EOS."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("generate needs at least one prompt and no empty prompt")
-        width = max(len(p) for p in prompts)
-        pad = self.config.eos_token_ids[0] if self.config.eos_token_ids else 0
-        tokens = np.full((len(prompts), width), pad, np.int32)
-        mask = np.zeros((len(prompts), width), bool)
-        for row, p in enumerate(prompts):  # left padding: every row's next token lands in one slot
-            tokens[row, width - len(p):] = p
-            mask[row, width - len(p):] = True
-        out, lengths = decoding.generate(self.params, tokens, mask, jax.random.key(seed), config=self.config,
-                                         sampling=sampling, pad_id=pad)
-        out, lengths = np.asarray(out), np.asarray(lengths)
-        return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]
+        return decoding.generate_ids(self.params, prompts, jax.random.key(seed), config=self.config,
+                                     sampling=sampling)
 
     def chat(self, messages_batch: list[list[dict]], sampling: decoding.Sampling = decoding.Sampling(),
              seed: int = 0) -> list[str]:
@@ -93,3 +92,53 @@ def from_pretrained(path_or_alias: str | os.PathLike, *, param_dtype: str | None
     """Load 'smollm2-135m-instruct' (the embedded GGUF), a Hugging Face folder or our model folder."""
     params, config = load_params(path_or_alias, param_dtype=param_dtype, dtype=dtype, shardings=shardings)
     return Pretrained(params, config, str(path_or_alias))
+
+
+RANDOM = "random"  # a source name: random init of a named preset (`llama.preset`), for tests and benchmarks
+
+
+def model_config(source: str | os.PathLike, *, preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 **numerics: Any) -> llama.LlamaConfig | None:
+    """The architecture of a model source without loading its weights, with `numerics` (dtype,
+    param_dtype, remat, attention_impl) applied: `RANDOM` (the `preset` with `overrides`), one of
+    our folders, a Hugging Face folder; None for GGUF (the alias or a .gguf file: read with the weights).
+    Raises ValueError / TypeError for a bad preset or override, MissingFileError for a missing source."""
+    numerics = {k: v for k, v in numerics.items() if v is not None}
+    if str(source) == RANDOM:
+        return llama.preset(preset, **{**dict(overrides or {}), **numerics})
+    path = pathlib.Path(source)
+    if str(source) == gguf_file.EMBEDDED_ALIAS or path.suffix == ".gguf":
+        return None
+    if not path.exists():
+        raise MissingFileError(f"{source}: no such model folder (nor the alias {gguf_file.EMBEDDED_ALIAS!r} or "
+                               f"{RANDOM!r})")
+    if native.is_native(path):
+        base = native.config_from_json((path / native.CONFIG_FILE).read_text(), str(path / native.CONFIG_FILE))
+    else:
+        base = hf.read_config(path)
+    return base.replace(**numerics)
+
+
+def load_model(source: str | os.PathLike, *, shardings: Callable[[llama.LlamaConfig], Any] | None = None,
+               seed: int = 0, preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+               param_dtype: str | None = None, dtype: str | None = None, **numerics: Any
+               ) -> tuple[dict, llama.LlamaConfig]:
+    """(params, config) of a model source, the params placed by `shardings(config)` (e.g.
+    `lambda c: models.sharding.param_shardings(c, mesh)`; None: where JAX puts them).
+
+    `RANDOM` initializes directly in the sharded form (key `seed`); folders load each tensor into
+    its shard; GGUF loads on the host, then places. `numerics` (remat, attention_impl) go into the config.
+    """
+    if str(source) == RANDOM:
+        config = model_config(source, preset=preset, overrides=overrides, param_dtype=param_dtype, dtype=dtype,
+                              **numerics)
+        init = jax.jit(llama.init_params, static_argnums=0,
+                       out_shardings=None if shardings is None else shardings(config))
+        return init(config, jax.random.key(seed)), config
+    known = model_config(source, param_dtype=param_dtype, dtype=dtype, **numerics) if shardings is not None else None
+    params, loaded = load_params(source, param_dtype=param_dtype, dtype=dtype,
+                                 shardings=None if known is None else shardings(known))
+    config = loaded.replace(**{k: v for k, v in dict(dtype=dtype, **numerics).items() if v is not None})
+    if known is None and shardings is not None:  # GGUF: loaded on the host first, then placed
+        params = jax.device_put(params, shardings(config))
+    return params, config

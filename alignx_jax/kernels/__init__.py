@@ -12,8 +12,10 @@ Public API:
       the mask as structure (None: plain causal); block-sparse flash attention in XLA, Pallas-Triton,
       cuDNN or TPU splash
   packed_mask(segment_ids, roles, positions)   the same rule as a dense [B, T, T] mask (reference)
+  auto_attention_impl(dtype, head_dim)   which attention implementation "auto" runs here
 """
 from alignx_jax.kernels._attention import ATTENTION_IMPLS, attention, packed_mask
+from alignx_jax.kernels._attention import auto_impl as auto_attention_impl
 from alignx_jax.kernels._dispatch import IMPLS, KernelConfig
 from alignx_jax.kernels._gather import ScoredTokens, bucket_length, gather_scored_tokens
 from alignx_jax.kernels._reference import naive_token_logprobs
@@ -24,6 +26,7 @@ from alignx_jax.kernels._token_logprobs import token_logprobs, token_logprobs_no
 __all__ = [
     "ATTENTION_IMPLS",
     "attention",
+    "auto_attention_impl",
     "packed_mask",
     "IMPLS",
     "KernelConfig",

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alignx_jax.models import llama
 
@@ -107,3 +109,37 @@ def generate(params: dict, prompt: jax.Array, prompt_mask: jax.Array, rng: jax.A
     is_eos = jnp.isin(out, eos)
     first_eos = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, n)
     return out, first_eos.astype(jnp.int32)
+
+
+def generate_ids(params: dict, prompts: Sequence[Sequence[int]], rng: jax.Array, *, config: llama.LlamaConfig,
+                 sampling: Sampling, width_step: int = 1,
+                 soft: tuple[Sequence[Sequence[int]], np.ndarray] | None = None) -> list[list[int]]:
+    """Left-pad token-id prompts to one width, decode them in one batch, and cut each row's answer.
+
+    The one home of left-pad-then-generate (`interop.Pretrained.generate`, `evaluation.generate_ids`
+    and soft-token generation all call it). width_step: the padded width is a multiple of it, so a
+    run of varied prompts compiles a few shapes. soft: (slot positions in each prompt, soft tokens
+    [B, K, D]) placed at those positions of the prompt's input embeddings.
+
+    Returns the new ids of each prompt, up to and including EOS.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and no empty prompt")
+    width = -(-max(len(p) for p in prompts) // width_step) * width_step
+    pad = config.eos_token_ids[0] if config.eos_token_ids else 0
+    tokens = np.full((len(prompts), width), pad, np.int32)
+    mask = np.zeros((len(prompts), width), bool)
+    for row, p in enumerate(prompts):  # left padding: every row's next token lands in one slot
+        tokens[row, width - len(p):] = p
+        mask[row, width - len(p):] = True
+    embeddings = None
+    if soft is not None:
+        slots, soft_tokens = soft
+        embeddings = llama.embed_tokens(params, jnp.asarray(tokens), config)
+        for row, (p, positions) in enumerate(zip(prompts, slots)):
+            at = np.asarray(positions, np.int64) + width - len(p)
+            embeddings = embeddings.at[row, at].set(jnp.asarray(soft_tokens[row][:len(at)], embeddings.dtype))
+    out, lengths = generate(params, jnp.asarray(tokens), jnp.asarray(mask), rng, config=config, sampling=sampling,
+                            pad_id=pad, prompt_embeddings=embeddings)
+    out, lengths = np.asarray(out), np.asarray(lengths)
+    return [out[i, :lengths[i]].tolist() for i in range(len(prompts))]

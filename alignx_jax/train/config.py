@@ -197,7 +197,6 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     eval: EvalConfig = EvalConfig()
     log_every: int = 1
-    progress: bool = True
     export_hf: bool = False  # also write out_dir/hf (transformers folder)
     device_memory_gib: float | None = None  # when set, refuse a run whose planned memory per device exceeds it
     bridge: BridgeSection | None = None  # PBA conditioned by a preference bridge (issue 14)

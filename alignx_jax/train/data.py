@@ -23,9 +23,6 @@ from alignx_jax import data, kernels
 from alignx_jax.errors import InputError
 from alignx_jax.train.config import DataConfig, SyntheticUsers
 
-ROW_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids")
-PAIR_KEYS = ("pair_valid", "pair_source")
-OPTIONAL_ROW_KEYS = ("soft_slots",)  # present when the prompts hold soft preference slots (filled with -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +113,7 @@ def pad_rows(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarr
     t = batch["tokens"].shape[1]
     if length < t:
         raise ValueError(f"cannot pad rows of length {t} to {length}")
-    for key in ROW_KEYS + tuple(k for k in OPTIONAL_ROW_KEYS if k in batch):
+    for key in data.ROW_KEYS + tuple(k for k in data.OPTIONAL_ROW_KEYS if k in batch):
         fill = -1 if key in ("pair_ids", "soft_slots") else 0
         out[key] = np.pad(batch[key], ((0, 0), (0, length - t)), constant_values=fill)
     return out
@@ -158,8 +155,8 @@ def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tupl
     scored_length = kernels.bucket_length(scored, buckets)
     local_pairs = len(micro_batches[0]["pair_valid"])
     stacked = {}
-    row_keys = ROW_KEYS + tuple(k for k in OPTIONAL_ROW_KEYS if k in micro_batches[0])
-    for key in row_keys + PAIR_KEYS:
+    row_keys = data.ROW_KEYS + tuple(k for k in data.OPTIONAL_ROW_KEYS if k in micro_batches[0])
+    for key in row_keys + data.PAIR_KEYS:
         values = np.stack([pad_rows(b, length)[key] if key in row_keys else b[key] for b in micro_batches])
         if key == "pair_ids":
             values = np.where(values >= 0, values + jax.process_index() * local_pairs, -1).astype(np.int32)

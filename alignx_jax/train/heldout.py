@@ -2,9 +2,13 @@
 
 The reference never changes during a run, so its held-out log-probs are computed once, before the
 first step (with the few-shot persona prompt, the official reference); each evaluation then runs
-only the policy. Every process packs the same held-out batches and feeds its slice of the rows, so
-the same code serves one device, a mesh and several hosts. Scores are summarized per persona by
+only the policy. The scoring is `evaluation.PairScorer` on the run's mesh (the service `alignx eval`
+uses): every process packs the same held-out batches and feeds its slice of the rows, so the same
+code serves one device, a mesh and several hosts. Scores are summarized per persona by
 `evaluation.summarize` (worst persona beside the mean).
+
+    held = begin(run, state)                  # packed, the reference and the start model scored
+    rows = policy_rows(run, held, state)      # the rows of `alignx eval`'s scores.jsonl
 """
 from __future__ import annotations
 
@@ -14,8 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from alignx_jax import bridge as bridge_lib
 from alignx_jax import data
+from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train.config import DataConfig, EvalConfig
+from alignx_jax.train.step import TrainState, policy_params
+
+# score(batches, num_records) -> (chosen, rejected) per record: `PairScorer.score_records` with params bound
+Score = Callable[[Sequence[Mapping[str, np.ndarray]], int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -70,29 +80,16 @@ def prepare(records: Sequence[Mapping[str, Any]], *, tokenizer, data_config: Dat
     return HeldOut(records, policy_batches, reference_batches, policy_prompts, reference_prompts)
 
 
-def score_all(batches: Sequence[Mapping[str, np.ndarray]], num_records: int,
-              score: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(chosen, rejected) summed log-probs per record (NaN where the pair was dropped)."""
-    chosen = np.full((num_records,), np.nan, np.float64)
-    rejected = np.full((num_records,), np.nan, np.float64)
-    for batch in batches:
-        c, r = score(batch)
-        valid = batch["pair_valid"]
-        source = batch["pair_source"][valid]
-        chosen[source], rejected[source] = np.asarray(c)[valid], np.asarray(r)[valid]
-    return chosen, rejected
-
-
-def score_start(heldout: HeldOut, score, start_score=None) -> None:
+def score_start(heldout: HeldOut, score: Score, start_score: Score | None = None) -> None:
     """Score once, before the steps: the reference (few-shot prompt) with `score`, and the untrained
     policy (the run's prompt) with `start_score`, which defaults to `score` (the start model is the
     reference, unless an LM warm-up made the reference); shared when the prompts are the same too."""
-    heldout.ref_chosen, heldout.ref_rejected = score_all(heldout.reference_batches, len(heldout.records), score)
+    heldout.ref_chosen, heldout.ref_rejected = score(heldout.reference_batches, len(heldout.records))
     if start_score is None and heldout.policy_batches is heldout.reference_batches:
         heldout.start_chosen, heldout.start_rejected = heldout.ref_chosen, heldout.ref_rejected
     else:
-        heldout.start_chosen, heldout.start_rejected = score_all(heldout.policy_batches, len(heldout.records),
-                                                                 start_score or score)
+        heldout.start_chosen, heldout.start_rejected = (start_score or score)(heldout.policy_batches,
+                                                                              len(heldout.records))
 
 
 def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarray) -> list[dict]:
@@ -108,3 +105,49 @@ def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarra
                     "policy_rejected_logp": float(values[1]), "ref_chosen_logp": float(values[2]),
                     "ref_rejected_logp": float(values[3])})
     return out
+
+
+def scores(run, params, soft_tokens: np.ndarray | None = None) -> Score:
+    """`Score` of `params` (the run's model) on the run's mesh; soft_tokens [records, K, D]: a bridge
+    run's policy, each pair's looked up by its record (None: the slots' placeholder tokens)."""
+    return lambda batches, num_records: run.scorer.score_records(params, run.model, batches, num_records,
+                                                                  soft_tokens=soft_tokens)
+
+
+def begin(run, state: TrainState) -> HeldOut:
+    """The held-out set packed, its reference and start-model log-probs computed (and a bridge run's
+    controllability probes, the reference scored)."""
+    config = run.config
+    held = prepare(run.splits.heldout, tokenizer=run.tokenizer, data_config=config.data, eval_config=config.eval,
+                   seed=config.seed, policy_format=bridge_train.heldout_format(run.bridge))
+    reference_score = scores(run, state.frozen if state.frozen is not None else run.start_params())
+    # The "before" figures are the start model's; after an LM warm-up the reference is not it.
+    start_score = scores(run, run.start_params()) if config.lm_warmup.steps > 0 else None
+    score_start(held, reference_score, start_score)
+    if run.bridge is not None:
+        run.bridge.probe_sets = probe_sets(run, reference_score)
+    return held
+
+
+def policy_rows(run, held: HeldOut, state: TrainState) -> list[dict]:
+    """Score rows (the keys of `alignx eval`'s scores.jsonl) of the held-out records under the policy."""
+    soft = None if run.bridge is None else bridge_lib.records_soft_tokens(run.bridge, state.bridge, held.records)
+    chosen, rejected = scores(run, policy_params(state, run.spec), soft)(held.policy_batches, len(held.records))
+    return rows(held, chosen, rejected)
+
+
+def probe_sets(run, reference_score: Score) -> dict:
+    """Controllability probes (held-out pairs contrasting on one dimension), packed as held-out sets
+    ('edited': swapped, the dimension flipped; 'plain': as the user chose), the reference scored."""
+    found = bridge_lib.probes(run.bridge, run.config.bridge.probes)
+    sets = {"found": found}
+    if not found:
+        return sets
+    for name in ("edited", "plain"):
+        held = prepare(bridge_lib.probe_records(run.bridge, found, edited=name == "edited"),
+                       tokenizer=run.tokenizer, data_config=run.config.data,
+                       eval_config=dataclasses.replace(run.config.eval, limit=None), seed=run.config.seed,
+                       policy_format=bridge_train.heldout_format(run.bridge))
+        score_start(held, reference_score)
+        sets[name] = held
+    return sets

@@ -9,12 +9,18 @@ the difference of two responses, has little to steer. Warming it up on the train
 prompt + chosen, the history included) teaches the language first; the warmed model then becomes the
 reference of the preference steps (SFT, then DPO). (Measured on the tiny ICA config: the language,
 yes; reading the persona from the history, no. README "Training".)
+
+    state = warm_up(run, state, message)     # `lm_warmup.steps` steps; rows in out_dir/lm_warmup.jsonl
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -22,7 +28,14 @@ import optax
 from alignx_jax import kernels
 from alignx_jax.data import REJECTED
 from alignx_jax.models import llama, scoring
+from alignx_jax.models import sharding as model_sharding
+from alignx_jax.train import bridge as bridge_train
+from alignx_jax.train import config as config_lib
+from alignx_jax.train import data as train_data
 from alignx_jax.train import lora
+from alignx_jax.train import sharding as train_sharding
+from alignx_jax.train.optimizer import make_optimizer
+from alignx_jax.train.state import create_state
 
 
 def next_token_targets(batch: Mapping[str, chex.Array]) -> tuple[chex.Array, chex.Array]:
@@ -79,3 +92,48 @@ def warmup_step(trainable, opt_state, frozen, batch: Mapping[str, jax.Array], *,
     updates, opt_state = optimizer.update(grads, opt_state, trainable)
     metrics = {"nll": total / count, "tokens": count, "grad_norm": optax.global_norm(grads)}
     return optax.apply_updates(trainable, updates), opt_state, metrics
+
+
+def warm_up(run, state, message: Callable[[str], None]):
+    """`lm_warmup.steps` of next-token loss on the training rows (its own data order, rows in
+    out_dir/lm_warmup.jsonl); returns the state the preference steps start from: the warmed model as
+    the policy and the reference (LoRA: merged into the base, fresh adapters), fresh optimizer states."""
+    config, spec = run.config, run.spec
+    steps = config.lm_warmup.steps
+    optimizer = make_optimizer(config_lib.OptimizerConfig(lr=config.lm_warmup.lr, warmup_steps=max(steps // 10, 1),
+                                                          schedule="constant"), steps)
+    trainable = state.params if spec.bridge is None else (state.params, state.bridge)
+    opt_state = jax.jit(optimizer.init)(trainable)
+    iterator = iter(run.batches(seed=config.seed + 1))
+    step_fn = jax.jit(warmup_step, static_argnames=("spec", "optimizer"), donate_argnums=(0, 1))
+    row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh)
+    log = (run.out_dir / "lm_warmup.jsonl").open("w", buffering=1) if jax.process_index() == 0 else None
+    every = max(steps // 10, 1)
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+        for step in range(steps):
+            micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
+            batch, _ = train_data.assemble(micro, buckets=run.buckets, row_sharding=row_sharding,
+                                           pair_sharding=pair_sharding, extra=bridge_train.batch_extras(run.bridge, micro))
+            tick = time.perf_counter()
+            trainable, opt_state, step_metrics = step_fn(trainable, opt_state, state.frozen, batch, spec=spec,
+                                                         optimizer=optimizer)
+            row = {"step": step + 1, **{k: float(v) for k, v in jax.device_get(step_metrics).items()},
+                   "seconds": time.perf_counter() - tick}
+            if not math.isfinite(row["nll"]):
+                raise FloatingPointError(f"LM warm-up step {step + 1}: the loss is {row['nll']} "
+                                         f"(lm_warmup.lr {config.lm_warmup.lr:.3g})")
+            if log is not None:
+                log.write(json.dumps(row) + "\n")
+            if (step + 1) % every == 0:
+                message(f"LM warm-up {step + 1}/{steps}: next-token NLL {row['nll']:.3f}")
+    if log is not None:
+        log.close()
+    model_params, bridge_params = trainable if spec.bridge is not None else (trainable, None)
+    warm = lora.merge(state.frozen, model_params, spec.lora) if spec.reference == "lora" else model_params
+    warm = jax.device_put(warm, train_sharding.param_shardings(run.model, run.mesh))
+    fresh, _ = create_state(config, warm, run.model, run.mesh, run.optimizer)
+    if bridge_params is not None:
+        repl = train_sharding.replicated(run.mesh)
+        fresh = fresh.replace(bridge=bridge_params,
+                              bridge_opt_state=jax.jit(spec.bridge.optimizer.init, out_shardings=repl)(bridge_params))
+    return fresh

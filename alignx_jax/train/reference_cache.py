@@ -8,17 +8,20 @@ the pass; any change of weights, records or packing changes the key.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
+from alignx_jax import data
 from alignx_jax.errors import InputError, cause
+from alignx_jax.train import data as train_data
 
 
 def content_key(params: Any, records: Sequence[Mapping[str, Any]], *, tokenizer_name: str, packing: Mapping[str, Any]) -> str:
@@ -33,20 +36,6 @@ def content_key(params: Any, records: Sequence[Mapping[str, Any]], *, tokenizer_
         digest.update(json.dumps(record, sort_keys=True, default=str).encode())
     digest.update(json.dumps({"tokenizer": tokenizer_name, **packing}, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def compute(num_records: int, batches: Iterable[Mapping[str, np.ndarray]],
-            score: Callable[[Mapping[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Run `score(batch) -> (chosen [P], rejected [P])` over packed `batches` and file the results by
-    `pair_source`; records whose pair was dropped stay NaN."""
-    chosen = np.full((num_records,), np.nan, np.float32)
-    rejected = np.full((num_records,), np.nan, np.float32)
-    for batch in batches:
-        c, r = score(batch)
-        valid = np.asarray(batch["pair_valid"])
-        source = np.asarray(batch["pair_source"])[valid]
-        chosen[source], rejected[source] = np.asarray(c)[valid], np.asarray(r)[valid]
-    return {"ref_chosen": chosen, "ref_rejected": rejected}
 
 
 def load_or_compute(cache_dir: str | pathlib.Path, key: str, make: Callable[[], dict[str, np.ndarray]]
@@ -73,3 +62,30 @@ def lookup(cache: Mapping[str, np.ndarray], pair_source: np.ndarray) -> dict[str
     index = np.maximum(pair_source, 0)
     empty = pair_source < 0
     return {name: np.where(empty, 0.0, values[index]).astype(np.float32) for name, values in cache.items()}
+
+
+def precompute(run, message: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """The run's reference log-probs of its training records (`Run.scorer` over the start model, the
+    records in order, every process the same batches), from the cache when its key matches."""
+    config = run.config
+    fmt = run.prompt_format()
+    packing = train_data.packing_config(config.data)
+    describe = {"packing": dataclasses.asdict(packing), "prompt": dataclasses.asdict(fmt), "seed": config.seed,
+                "on_long_response": config.data.on_long_response}
+    key = content_key(run.state.params if run.state.frozen is None else run.state.frozen,
+                      run.splits.train, tokenizer_name=str(config.model.tokenizer or config.model.name),
+                      packing=describe)
+    cache_dir = pathlib.Path(config.reference_cache_dir or run.out_dir.parent / ".reference_cache")
+
+    def make():
+        message(f"precomputing reference log-probs of {len(run.splits.train)} records")
+        batches = data.packed_batches(run.splits.train, tokenizer=run.tokenizer, config=packing, prompt_format=fmt,
+                                      seed=config.seed, shuffle=False, shard_index=0, shard_count=1,
+                                      on_long_response=config.data.on_long_response)
+        chosen, rejected = run.scorer.score_records(run.state.params, run.model, (b.as_dict() for b in batches),
+                                                    len(run.splits.train))
+        return {"ref_chosen": chosen.astype(np.float32), "ref_rejected": rejected.astype(np.float32)}
+
+    arrays, path, hit = load_or_compute(cache_dir, key, make)
+    message(f"reference log-probs {'reused from' if hit else 'cached in'} {path}")
+    return arrays

@@ -28,9 +28,6 @@ from alignx_jax.models import llama, scoring
 from alignx_jax.train import lora
 from alignx_jax.train.config import LoraConfig
 
-BATCH_KEYS = ("tokens", "positions", "segment_ids", "roles", "targets", "chosen_mask", "rejected_mask", "pair_ids",
-              "pair_valid")
-
 
 class TrainState(flax.struct.PyTreeNode):
     """step int32 []; params: what is trained (the model, or the LoRA adapters); opt_state: optax's;

@@ -1,11 +1,10 @@
-"""`alignx demo`'s reports from a run's held-out scores: the synthetic and P-Soups groups, the start
-model as the "before" policy, and the per-token policy-only view (log-probs over the packer's token
-counts), checked on hand-made scores where the sum and per-token views disagree."""
+"""`alignx demo`'s summary: the headline figures it reads from a run's held-out reports
+(`evaluation.group_reports`, tested in tests/evaluation/test_views.py) and the answers' length marks."""
 import json
 
 import pytest
 
-from alignx_jax import data, preferences
+from alignx_jax import data, evaluation, preferences
 from alignx_jax.cli import demo
 
 
@@ -42,24 +41,13 @@ def train_dir(tmp_path):
     return tmp_path
 
 
-def test_group_reports_split_by_source_and_add_the_per_token_view(train_dir):
-    groups = demo.group_reports(train_dir, 0.1, WordTokenizer())
-    assert sorted(groups) == ["psoups", "synthetic"]
-    synthetic = groups["synthetic"]
-    assert synthetic["before"]["n"] == synthetic["after"]["n"] == 2
-    per_persona = lambda report: {p: s["accuracy_logp"] for p, s in report["per_persona"].items()}  # noqa: E731
-    assert per_persona(synthetic["before"]) == {"A": 0.0, "B": 1.0}
-    assert per_persona(synthetic["after"]) == {"A": 0.0, "B": 1.0}
-    assert per_persona(synthetic["before_per_token"]) == {"A": 0.0, "B": 1.0}
-    assert per_persona(synthetic["after_per_token"]) == {"A": 1.0, "B": 1.0}
-    assert synthetic["after"]["per_persona"]["A"]["accuracy"] == 1.0  # paper's metric: (-8 + 12) > (-6 + 4)
-    assert synthetic["after_per_token"]["per_persona"]["A"]["accuracy"] == 1.0  # (-2 + 3) > (-3 + 2)
+def test_headline_reads_the_synthetic_group(train_dir):
+    synthetic = evaluation.group_reports(train_dir, 0.1, WordTokenizer())["synthetic"]
     headline = demo._headline(synthetic)
     assert (headline["accuracy_before"], headline["accuracy_after"], headline["worst_persona_after"]) == (0.5, 0.5, 0.0)
     assert headline["n_per_persona_min"] == 1
     assert headline["per_token"] == {"accuracy_before": 0.5, "accuracy_after": 1.0,
                                      "worst_persona_before": 0.0, "worst_persona_after": 1.0}
-    assert groups["psoups"]["after"]["n"] == 1 and groups["psoups"]["after_per_token"]["accuracy_logp"] == 1.0
 
 
 def _answer(tokens, side, followed):

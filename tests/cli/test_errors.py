@@ -110,6 +110,8 @@ CASES = {
     "eval-pba-soft-without-bridge": (["eval", "--policy", "EMPTY_DIR", "--reference", "EMPTY_DIR", "--data",
                                       "all_bad.json", "--out", "out", "--mode", "pba_soft"],
                                      "--mode pba_soft needs a policy trained with a preference bridge"),
+    "eval-bad-mesh": (["eval", "--policy", "smollm2-135m-instruct", "--reference", "smollm2-135m-instruct", "--data",
+                       "all_bad.json", "--out", "out", "--mesh", "data=0"], "--mesh must look like data=1,fsdp=-1"),
     "generate-top-p": (["generate", "--prompt", "hi", "--top-p", "2"], "--top-p must be in (0, 1]"),
     "generate-missing-model": (["generate", "--model", "MISSING", "--prompt", "hi"], "MISSING: no such model folder"),
     "generate-out-txt": (["generate", "--data", "all_bad.json", "--out", "x.txt"], "x.txt: unknown file type '.txt'"),

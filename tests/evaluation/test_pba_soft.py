@@ -11,7 +11,6 @@ import pytest
 
 from alignx_jax import bridge, cli, data, evaluation, interop, kernels
 from alignx_jax import preferences as prefs
-from alignx_jax.evaluation import _soft
 from alignx_jax.models import llama, scoring
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cli"))
@@ -67,7 +66,7 @@ def test_saved_bridge_round_trips(policy):
 
 
 def test_pba_soft_scores_with_the_bridges_soft_tokens(policy):
-    reader = evaluation.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
     mode = evaluation.PbaSoftMode(bridge=reader)
     model = (policy["params"], policy["config"])
     rows = evaluation.score_records(policy["records"], policy=model, reference=model, tokenizer=policy["tok"],
@@ -101,10 +100,10 @@ def test_alignx_eval_mode_pba_soft(policy, tmp_path, capsys):
 
 
 def test_edits_set_the_dimension_and_change_the_soft_tokens(official_labels, policy):
-    reader = evaluation.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
-    base = _soft.neutral_distribution()
-    up = _soft.edited(base, {"Likes humor": "positive"})
-    down = _soft.edited(base, {"Dislikes humor": "positive"})  # the negative label, set: the same dimension, negative
+    reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    base = bridge.neutral_distribution()
+    up = bridge.edited(base, {"Likes humor": "positive"})
+    down = bridge.edited(base, {"Dislikes humor": "positive"})  # the negative label, set: the same dimension, negative
     assert bridge.map_profile(up) == "Likes humor" and bridge.map_profile(down) == "Dislikes humor"
     tokens = reader.soft_tokens(np.stack([base, up, down]))
     assert not np.allclose(tokens[1], tokens[2]) and not np.allclose(tokens[0], tokens[1])

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from alignx_jax import data, evaluation
 from alignx_jax.models import llama
+from alignx_jax.models import sharding as model_sharding
 
 
 def sequence_logp(model, tokenizer, prompt: data.ChatPrompt, response: str) -> float:
@@ -99,14 +99,17 @@ def test_sharded_batches_equal_unsharded(records, tiny_models, byte_tokenizer):
     if jax.device_count() < 4:
         pytest.skip("needs 4 (CPU) devices")
     policy, reference = tiny_models
-    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     kwargs = dict(policy=policy, reference=reference, tokenizer=byte_tokenizer, rows=4, batch_tokens=4096)
-    sharded = evaluation.score_records(records, **kwargs, batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
-    np.testing.assert_allclose(logps(sharded), logps(evaluation.score_records(records, **kwargs)), rtol=1e-5, atol=1e-4)
+    one = model_sharding.make_mesh(devices=jax.devices()[:1])
+    single = evaluation.score_records(records, **kwargs, mesh=one)
+    for sizes in (dict(data=4, fsdp=1), dict(data=1, fsdp=4), dict(data=2, fsdp=2)):  # training's mesh rules
+        mesh = model_sharding.make_mesh(**sizes, devices=jax.devices()[:4])
+        np.testing.assert_allclose(logps(evaluation.score_records(records, **kwargs, mesh=mesh)), logps(single),
+                                   rtol=1e-5, atol=1e-4, err_msg=str(sizes))
     # Rows per batch round up to the 4 row shards (3 -> 4).
     odd = evaluation.score_records(records, **{**kwargs, "rows": 3},
-                                   batch_sharding=NamedSharding(mesh, PartitionSpec("data")))
-    np.testing.assert_allclose(logps(odd), logps(sharded), rtol=1e-5, atol=1e-4)
+                                   mesh=model_sharding.make_mesh(data=4, fsdp=1, devices=jax.devices()[:4]))
+    np.testing.assert_allclose(logps(odd), logps(single), rtol=1e-5, atol=1e-4)
 
 
 def test_history_sweep_and_persona_items(records, tiny_models, byte_tokenizer):

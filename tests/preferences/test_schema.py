@@ -46,11 +46,17 @@ def test_bad_record_error_names_file_record_and_field(edit, message):
 
 
 def test_good_records_pass_both_schemas_and_numpy_vectors_are_accepted():
-    prefs.validate_record(good_record(), 0)
+    for schema in ("alignx", "benchmark"):
+        record = good_record()
+        before = copy.deepcopy(record)
+        assert prefs.validate_record(record, 0, schema=schema) is None
+        assert record == before  # validation never rewrites a record
     record = good_record()
-    record["Preference Direction"] = np.full(90, 0.5)
-    prefs.validate_record(record, 0)
-    prefs.validate_record(good_record(), 0, schema="benchmark")
+    record["Preference Direction"] = np.array([0.0, 1.0] * 45)  # a numpy vector, on both bounds of [0, 1]
+    assert prefs.validate_record(record, 0) is None
+    record["Preference Direction"][7] = 1.0 + 1e-6  # the same vector just past a bound is refused
+    with pytest.raises(prefs.RecordError, match=r"record 0: 'Preference Direction'\[7\] = .* is outside \[0, 1\]"):
+        prefs.validate_record(record, 0)
 
 
 def test_benchmark_schema_allows_missing_directions_and_history(official_labels):

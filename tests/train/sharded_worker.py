@@ -21,7 +21,7 @@ from alignx_jax.models import sharding as model_sharding  # noqa: E402
 from alignx_jax.train import config_from_dict  # noqa: E402
 from alignx_jax.train import data as train_data  # noqa: E402
 from alignx_jax.train import sharding as train_sharding  # noqa: E402
-from alignx_jax.train.loop import create_state  # noqa: E402
+from alignx_jax.train import create_state  # noqa: E402
 from alignx_jax.train.optimizer import learning_rate  # noqa: E402
 from alignx_jax.train.step import StepSpec, train_step  # noqa: E402
 

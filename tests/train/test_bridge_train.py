@@ -87,7 +87,7 @@ def test_train_step_updates_policy_and_bridge(joint_batch):
 
 
 TINY = {
-    "seed": 0, "steps": 3, "checkpoint_every": 3, "progress": False,
+    "seed": 0, "steps": 3, "checkpoint_every": 3,
     "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
               "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
     "data": {"synthetic": {"users": 8, "records_per_user": 2, "history_items": 2},
@@ -134,8 +134,8 @@ def test_a_trainable_encoder_learns_in_pretraining_then_every_item_is_encoded_ag
     records = data.synthetic_records(8, seed=0, records_per_user=1, history_items=2)
     heldout = data.synthetic_records(2, seed=1, records_per_user=1, history_items=2)
     section = config_from_dict({**TINY, "out_dir": "x", "bridge": {**TINY["bridge"], "encoder_trainable": True}}).bridge
-    setup = bridge_train.setup(section, train_records=records, heldout_records=heldout, params=params, model=config,
-                               tokenizer=byte_tokenizer, seed=0)
+    setup = bridge.setup(section, train_records=records, heldout_records=heldout, params=params, model=config,
+                         tokenizer=byte_tokenizer, seed=0)
     start = bridge.backbone_slice(params, 1)
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(setup.backbone), jax.tree.leaves(start))]
     assert any(moved)  # the CE reached the backbone layers
@@ -148,6 +148,6 @@ def test_a_trainable_encoder_learns_in_pretraining_then_every_item_is_encoded_ag
         before = bridge.encode_views(start, one_layer, items.tokens.reshape(-1, 48),
                                      items.token_mask.reshape(-1, 48)).reshape(len(items), -1)
         assert not np.allclose(table.features[0], before)
-    saved = bridge_train.saved(setup, None)  # what `alignx generate --persona` encodes new personas with
+    saved = bridge.saved_bridge(setup, None)  # what `alignx generate --persona` encodes new personas with
     np.testing.assert_array_equal(saved.params["backbone"]["embed"]["embedding"],
                                   np.asarray(setup.backbone["embed"]["embedding"]))

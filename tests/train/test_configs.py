@@ -7,7 +7,7 @@ import pytest
 from alignx_jax import losses
 from alignx_jax.models import llama
 from alignx_jax.train import ConfigError, config_from_dict, load_config, memory
-from alignx_jax.train.loop import model_config_of
+from alignx_jax.train import model_config_of
 from alignx_jax.train.optimizer import make_optimizer
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

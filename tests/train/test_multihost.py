@@ -14,10 +14,9 @@ import yaml
 
 from alignx_jax import data, interop
 from alignx_jax.models import sharding as model_sharding
-from alignx_jax.train import config_from_dict
+from alignx_jax.train import config_from_dict, create_state, load_model, resolve_loss
 from alignx_jax.train import data as train_data
 from alignx_jax.train import sharding as train_sharding
-from alignx_jax.train.loop import _loss, create_state, load_model
 from alignx_jax.train.metrics import read_metrics
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
 from alignx_jax.train.step import StepSpec, train_step
@@ -50,7 +49,7 @@ def one_process_losses(config):
                                        config=packing, prompt_format=train_data.prompt_format(config.data),
                                        seed=config.seed, num_epochs=None, shard_index=i, shard_count=2))
               for i in range(2)]
-    loss_fn, hparams = _loss(config)
+    loss_fn, hparams = resolve_loss(config)
     rows, pairs = train_sharding.batch_shardings(mesh)
     step = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"))
     losses = []

@@ -124,10 +124,32 @@ def test_lora_starts_at_the_base_and_trains_only_the_adapters(params, synthetic_
     np.testing.assert_allclose(delta, np.einsum("lir,lro->lio", a, b).reshape(delta.shape) * 2.0, atol=1e-7)
 
 
+def registry_loss(params, ref_params, batch, spec):
+    """The definition for any registry loss: its per-pair values on pair_logprobs (with token counts
+    when it takes them), the mean over valid pairs."""
+    arrays = {k: jnp.asarray(v) for k, v in batch.items() if k != "pair_source"}
+    score = lambda p: scoring.pair_logprobs(p, CONFIG, arrays, num_pairs=spec.num_pairs,  # noqa: E731
+                                            scored_length=spec.scored_length)
+    pi, ref = score(params), score(ref_params)
+    extra = dict(chosen_tokens=pi.chosen_tokens, rejected_tokens=pi.rejected_tokens) if spec.passes_token_counts else {}
+    per_pair, _ = spec.loss_fn(pi.chosen, pi.rejected, ref.chosen, ref.rejected, **dict(spec.loss_hparams), **extra)
+    valid = arrays["pair_valid"]
+    return jnp.sum(jnp.where(valid, per_pair, 0)) / jnp.sum(valid)
+
+
 @pytest.mark.parametrize("loss, hparams", [("ipo", (("beta", 0.1),)), ("simpo", (("beta", 2.0), ("simpo_gamma", 0.5)))])
 def test_other_registry_losses_run_in_the_step(params, synthetic_batches, loss, hparams):
-    optimizer = optax.adamw(1e-3)
-    state = TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params), frozen=params)
-    _, metrics = run_step(state, [synthetic_batches[3]], spec_for([synthetic_batches[3]], loss=loss, hparams=hparams),
-                          optimizer)
-    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    """The step's loss is the registry loss of the batch's log-probs (SimPO reads the token counts),
+    and its update is minus that loss's gradient."""
+    optimizer = optax.sgd(1.0)
+    batch = synthetic_batches[3]
+    spec = spec_for([batch], loss=loss, hparams=hparams)
+    moved = jax.tree.map(lambda x: x * 1.01, params)
+    state = TrainState(step=jnp.int32(0), params=moved, opt_state=optimizer.init(moved), frozen=params)
+    new_state, metrics = run_step(state, [batch], spec, optimizer)
+    np.testing.assert_allclose(metrics["loss"], registry_loss(moved, params, batch, spec), rtol=1e-5)
+    if loss == "ipo":  # at the reference (h = 0) IPO's loss is (1 / (2 beta))^2 = 25
+        np.testing.assert_allclose(registry_loss(params, params, batch, spec), 25.0, rtol=1e-5)
+    want_grads = jax.jit(jax.grad(registry_loss), static_argnums=3)(moved, params, batch, spec)
+    got_grads = jax.tree.map(lambda new, old: old - new, new_state.params, moved)
+    chex.assert_trees_all_close(got_grads, want_grads, atol=5e-5, rtol=1e-3)

@@ -1,0 +1,86 @@
+"""The end of a run: the final held-out evaluation, summary.json, heldout_scores.jsonl and the
+exported model (model/: our folder format, LoRA merged, with a bridge beside it; hf/ with export_hf).
+
+    summary = finish(run, state, held, last_row, eval_rows, started, message)
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import jax
+
+from alignx_jax import bridge as bridge_lib
+from alignx_jax import evaluation, interop
+from alignx_jax.train import data as train_data
+from alignx_jax.train import heldout as heldout_lib
+from alignx_jax.train.step import TrainState, policy_params
+
+
+def bridge_summary(run, state: TrainState) -> dict:
+    """bridge_macro_f1 (beside the majority-class baseline) and controllability for summary.json."""
+    setup = run.bridge
+    out = bridge_lib.summary_fields(setup, state.bridge)
+    sets = setup.probe_sets or {}
+    for name, key in (("edited", "controllability"), ("plain", "probe_accuracy")):
+        if name not in sets:
+            continue
+        held = sets[name]
+        soft = bridge_lib.probe_soft_tokens(setup, state.bridge, sets["found"], edited=name == "edited") \
+            if setup.soft else None
+        chosen, rejected = heldout_lib.scores(run, policy_params(state, run.spec), soft)(held.policy_batches,
+                                                                                       len(held.records))
+        report = evaluation.summarize(heldout_lib.rows(held, chosen, rejected), beta=run.config.beta)
+        out.update({key: report["accuracy"], f"{key}_logp": report["accuracy_logp"], f"{key}_n": report["n"]})
+    return out
+
+
+def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, started: float,
+           message: Callable[[str], None]) -> dict:
+    config = run.config
+    final_params = policy_params(state, run.spec)
+    report = before = None
+    if held is not None:
+        rows = heldout_lib.policy_rows(run, held, state)
+        before_rows = heldout_lib.rows(held, held.start_chosen, held.start_rejected)
+        report = evaluation.summarize(rows, beta=config.beta)
+        before = evaluation.summarize(before_rows, beta=config.beta)
+        if jax.process_index() == 0:  # per record, the trained policy's and the start model's log-probs
+            with (run.out_dir / "heldout_scores.jsonl").open("w") as f:
+                for row, start in zip(rows, before_rows):
+                    f.write(json.dumps({**row, "start_chosen_logp": start["policy_chosen_logp"],
+                                        "start_rejected_logp": start["policy_rejected_logp"]}) + "\n")
+    summary = {
+        "steps": int(state.step), "final_loss": last_row.get("loss"),
+        "eval_accuracy": report and report["accuracy"], "eval_accuracy_logp": report and report["accuracy_logp"],
+        "eval_worst_persona_accuracy": report and report["worst_persona_accuracy"],
+        "eval_worst_persona_accuracy_logp": report and report.get("worst_persona_accuracy_logp"),
+        "eval_n": report and report["n"], "per_persona": report and report["per_persona"], "eval_history": eval_rows,
+        # The start model, policy-only view (the paper's metric is a tie, counted wrong, before training).
+        "eval_accuracy_logp_before": before and before["accuracy_logp"],
+        "eval_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],
+        "per_persona_before": before and before["per_persona"],
+        "wall_time_s": time.perf_counter() - started, "reference": config.reference, "loss": config.loss,
+        "model": config.model.name, "train_records": len(run.splits.train), "heldout_records": len(run.splits.heldout),
+    }
+    model_dir = run.out_dir / "model"
+    export_config = run.model.replace(remat=False, attention_impl="auto")
+    # orbax writes the (sharded) parameters collectively: every process calls it.
+    interop.save_native(final_params, export_config, model_dir, tokenizer=run.tokenizer)
+    if run.bridge is not None:
+        summary.update(bridge_summary(run, state))
+        if jax.process_index() == 0:  # beside the policy, for `alignx eval --mode pba_soft` and `alignx generate`
+            bridge_lib.save(model_dir / bridge_lib.FOLDER, bridge_lib.saved_bridge(run.bridge, state.bridge))
+    if config.export_hf:
+        host_params = jax.tree.map(train_data.to_host, final_params)  # a collective too
+        if jax.process_index() == 0:
+            interop.save_hf(host_params, export_config, run.out_dir / "hf", tokenizer=run.tokenizer)
+    if jax.process_index() == 0:
+        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        message(f"wrote {model_dir} and {run.out_dir / 'summary.json'}")
+    if jax.process_count() > 1:  # the others wait for process 0's files, then all shut down together
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("alignx train: outputs written")
+    return summary
