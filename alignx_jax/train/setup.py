@@ -16,7 +16,7 @@ import yaml
 from alignx_jax import bridge as bridge_lib
 from alignx_jax import data as data_lib
 from alignx_jax import evaluation
-from alignx_jax.errors import InputError, MissingFileError, check_output_parent
+from alignx_jax.errors import InputError, check_output_parent
 from alignx_jax.models import llama
 from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train import config as config_lib
