@@ -209,7 +209,8 @@ def test_refusals_come_first_and_leave_nothing(work, capsys, no_model_loads, tmp
     assert "--limit must be >= 1" in refusal(eval_args(work, out, "--limit", "0"), capsys)
     assert "--persona-items ugc: none of the" in refusal(eval_args(work, out, "--persona-items", "ugc"), capsys)
     assert "--history" in refusal(eval_args(work, out, "--history", "x"), capsys)
-    assert "--out" in refusal(eval_args(work, tmp_path / "missing" / "out"), capsys)
+    (tmp_path / "a_file").write_text("")
+    assert "a_file is a file, not a folder" in refusal(eval_args(work, tmp_path / "a_file" / "out"), capsys)
     assert not out.exists()
     full = tmp_path / "full"
     full.mkdir()
