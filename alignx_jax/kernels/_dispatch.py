@@ -46,6 +46,15 @@ class KernelConfig:
         tokens, vocab = _DEFAULT_BLOCKS[impl]
         return KernelConfig(impl, self.block_tokens or tokens, self.block_vocab or vocab, self.interpret)
 
+    def resolved_for(self, d: int, itemsize: int) -> "KernelConfig":
+        """`resolved()`, with the Pallas TPU tiles chosen from the target chip's VMEM at hidden size
+        `d` when the caller named none (interpret mode keeps the defaults)."""
+        config = self.resolved()
+        if config.impl == "pallas_tpu" and not self.interpret and (self.block_tokens is None or self.block_vocab is None):
+            bn, bv = _pallas_tpu.choose_tiles(d, itemsize, _pallas_tpu.device_vmem_bytes())
+            config = KernelConfig(config.impl, self.block_tokens or bn, self.block_vocab or bv, self.interpret)
+        return config
+
 
 def implementation(config: KernelConfig):
     """``(forward_stats, backward_grads)`` of a resolved config, with its tiling bound."""

@@ -75,7 +75,7 @@ def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: i
     """Label logit and lse per token, float32 [N] each (see ``_xla.forward_stats``)."""
     del valid
     sizes = _sizes(hidden, w, block_tokens, block_vocab)
-    column = jax.ShapeDtypeStruct((hidden.shape[0], 1), jnp.float32)
+    column = _tile.out_shape((hidden.shape[0], 1), jnp.float32, hidden, w, labels)
     picked, lse = pl.pallas_call(
         functools.partial(_forward_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
@@ -147,14 +147,14 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
     dx = pl.pallas_call(
         functools.partial(_dx_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
-        out_shape=jax.ShapeDtypeStruct(hidden.shape, hidden.dtype),
+        out_shape=_tile.out_shape(hidden.shape, hidden.dtype, hidden, w, *rows),
         compiler_params=_TRITON,
         interpret=interpret,
     )(hidden, w, *rows)
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, **sizes),
         grid=(_tile.cdiv(sizes["v"], sizes["bv"]),),
-        out_shape=jax.ShapeDtypeStruct(w.shape, w.dtype),
+        out_shape=_tile.out_shape(w.shape, w.dtype, hidden, w, *rows),
         compiler_params=_TRITON,
         interpret=interpret,
     )(hidden, w, *rows)

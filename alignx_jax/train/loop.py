@@ -231,7 +231,7 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> _Run:
     buckets = train_data.scored_buckets(config.data.scored_buckets, max_tokens)
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
                     lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
-                    bridge=bridge_step)
+                    kernel_impl=config.model.kernel_impl, bridge=bridge_step)
     out_dir.mkdir(exist_ok=True)
     if jax.process_index() == 0:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
@@ -273,7 +273,8 @@ def _shared_batch_scorer(run: _Run, params, soft_tokens: np.ndarray | None = Non
         arrays = {k: jax.make_array_from_process_local_data(pair_sharding if k in ("pair_valid", "soft_tokens")
                                                             else row_sharding, v)
                   for k, v in local.items()}
-        length = kernels.bucket_length(scoring.scored_token_count(batch), run.buckets)
+        shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]  # the LM head runs on each device's rows
+        length = kernels.bucket_length(scoring.scored_token_count(batch, shards), run.buckets)
         with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
             chosen, rejected = _score(params, arrays, model=run.model, num_pairs=pairs, scored_length=length)
         return train_data.to_host(chosen), train_data.to_host(rejected)
