@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--topology", default=None,
                    help="Cloud TPU name, e.g. v5p-64 (32 chips); default: read from the config file name (_v5p_64)")
     p.add_argument("--out", default=None, help="also write the report as JSON to this file")
+    p.add_argument("--hlo", default=None, help="also write the compiled (optimized) HLO text to this file")
     p.set_defaults(func=run)
 
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--topology is required: {args.config} names no TPU slice (e.g. --topology v5p-64)")
     compile_lib.topology(name)  # an unknown name fails before anything compiles
     out = _common.output_path(args.out, suffixes=(".json",), flag="--out") if args.out else None
-    report = compile_lib.compile_step(config, name, config_name=args.config)
+    hlo = _common.output_path(args.hlo, flag="--hlo") if args.hlo else None
+    report = compile_lib.compile_step(config, name, config_name=args.config, hlo_path=hlo)
     print(compile_lib.format_table(report))
     if out is not None:
         with _common.atomic_output(out) as tmp:

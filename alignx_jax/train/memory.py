@@ -9,7 +9,7 @@
     gathered     FSDP's all-gathered weights of one decoder layer (forward, and the backward's copy with
                  that layer's full fp32 weight gradient before its reduce-scatter), over `tensor` only
     lm_head      the LM head inside its shard_map: the gathered [D, V / tensor] weight and its gradient
-                 (compute dtype, then fp32) on every device; the embedding table's gradient likewise
+                 (compute dtype, then fp32 before the reduce-scatter) on every device
     activations  one micro-batch's rows on this device: with remat, each layer's input [tokens, D] is
                  kept and one layer's working set is live; without, every layer's working set is kept.
                  The working set counts q/k/v/o, the MLP's gate/up/hidden and the residuals, twice
@@ -72,8 +72,6 @@ def per_device_gib(config: TrainConfig, model: llama.LlamaConfig, mesh_shape: Ma
     gathered = layer_params / tensor * (2 * act_bytes + 4) if full_fine_tuning else layer_params / tensor * act_bytes
     head = d * model.vocab_size / tensor
     lm_head = head * (2 * act_bytes + 4) if full_fine_tuning else head * act_bytes
-    if full_fine_tuning and not model.tie_word_embeddings:
-        lm_head += head * 4  # the embedding table's gradient (a scatter-add into the full table)
     parts = {"trained": trained, "optimizer": 2 * trained, "gradients": trained, "accumulation": accumulation,
              "optimizer_temporaries": trained, "reference": reference, "gathered": gathered, "lm_head": lm_head,
              "activations": activations}

@@ -134,3 +134,27 @@ def test_tiny_config_compiles_for_a_v5p_slice_and_counts_its_flops():
     assert report.fits and 0 < report.per_device_bytes["total"] < report.hbm_bytes
     assert report.loops and all(trips == 2 for _, trips in report.loops[1:])  # the 2 scanned layers
     assert 0.9 < report.flops_per_device / report.model_flops_per_device < 1.4
+
+
+def test_cli_refuses_an_unknown_topology_in_one_line(capsys):
+    from alignx_jax.cli import main
+
+    assert main(["compile", "--config", str(CONFIGS / "tiny_ica.yaml"), "--topology", "v5p-63"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alignx: error: --topology 'v5p-63': unknown TPU topology")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, topology", [("llama3_1_8b_tpu_v5p_64.yaml", "v5p-64"),
+                                            ("llama3_1_70b_tpu_v5p_64.yaml", "v5p-64")])
+def test_tpu_configs_compile_for_their_slice_fit_and_the_plan_is_within_25_percent(name, topology):
+    """The shipped TPU configs as shipped (~20 min each on 2 shared cores): they compile for their
+    slice, fit its HBM, and train.memory's plan is within 25% of XLA's per-device total."""
+    _topologies_or_skip()
+    from alignx_jax.train import load_config
+
+    report = compile_lib.compile_step(load_config(CONFIGS / name), topology)
+    assert report.fits
+    assert report.planned_bytes == pytest.approx(report.per_device_bytes["total"], rel=0.25)
+    if "8b" in name:
+        assert 0.9 < report.flops_per_device / report.model_flops_per_device < 1.4
