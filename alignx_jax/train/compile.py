@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import time
@@ -107,6 +108,9 @@ def topology(name: str) -> Topology:
 
 def topology_devices(top: Topology) -> list:
     """The slice's abstract TPU devices (the TPU compiler's view; nothing runs on them)."""
+    # libtpu takes a lockfile (/tmp/libtpu_lockfile) that refuses a second process ("Internal error
+    # when accessing libtpu multi-process lockfile"); compiling touches no TPU, so several may share it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
         desc = topologies.get_topology_desc(platform="tpu", topology_name=top.topology, chip_config_name=top.chip_config,
@@ -262,7 +266,7 @@ def _trip_count(condition: list[str]) -> int:
     against); 1 when the condition holds no such constant (a data-dependent loop)."""
     if not any("compare(" in line and "direction=LT" in line for line in condition):
         return 1
-    constants = [int(c) for line in condition for c in re.findall(r"s32\[\]\S* constant\((\d+)\)", line)]
+    constants = [int(c) for line in condition for c in re.findall(r"[su]\d+\[\]\S* constant\((\d+)\)", line)]
     return max(constants, default=1)
 
 

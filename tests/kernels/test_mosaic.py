@@ -30,7 +30,11 @@ def test_tiles_fit_the_chips_vmem():
 @pytest.fixture(scope="module")
 def v5p_mesh():
     pytest.importorskip("libtpu", reason="libtpu (pip install 'alignx_jax[tpu]') is not installed")
+    import os
+
     from jax.experimental import topologies
+
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: share libtpu's lockfile
 
     devices = topologies.get_topology_desc(platform="tpu", topology_name="v5:2x2x1", chip_config_name="megacore",
                                            chips_per_host_bounds=(2, 2, 1), num_slices=1,
