@@ -20,7 +20,9 @@ is corrected from the optimized HLO: every computation's matmul FLOPs (`dot`, `c
 weighted by how often it runs (a while body by its `known_trip_count`, nested loops multiply), and
 `flops_per_device = XLA's flops + (weighted HLO matmul FLOPs - the same counted once)`: XLA's own
 count with the loop bodies' repeats added. Loops without `known_trip_count` take the bound of their
-condition `i < N`. Splash attention carries no `CostEstimate` in jax 0.10, so its FLOPs (the model's
+condition `i < N` divided by the step their body adds (XLA's bidirectional collective matmuls step by
+2), and a convolution counts only the window positions that meet its input (XLA's rule: collective
+matmuls are convolutions over a mostly padded window). Splash attention carries no `CostEstimate` in jax 0.10, so its FLOPs (the model's
 causal count of its passes, `attention_flops`) are added to the column; every other FLOP is XLA's.
 """
 from __future__ import annotations
@@ -251,23 +253,70 @@ def _instruction_flops(line: str, shapes: Mapping[str, str]) -> float:
         contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
         k = math.prod(lhs[i] for i in _dims(contracting.group(1))) if contracting else 1
         return 2.0 * out_elems * k
-    rhs = _dims(operands[1][1])  # convolution: each output element reads the kernel's non-output-feature dims
-    labels = re.search(r"dim_labels=\w+_(\w+)->", line)
-    if labels:
-        kernel = labels.group(1)
-        k = math.prod(d for d, c in zip(rhs, kernel) if c != "o")
-    else:
-        k = math.prod(rhs) // max(rhs[-1], 1)
-    return 2.0 * out_elems * k
+    return _convolution_flops(line, _dims(operands[0][1]), _dims(operands[1][1]))
 
 
-def _trip_count(condition: list[str]) -> int:
-    """A scan's trip count from its loop condition `i < N` (the largest integer constant compared
-    against); 1 when the condition holds no such constant (a data-dependent loop)."""
-    if not any("compare(" in line and "direction=LT" in line for line in condition):
+def _convolution_flops(line: str, lhs: list[int], rhs: list[int]) -> float:
+    """FLOPs of a convolution counted as XLA counts them: per spatial dimension only the (output, window)
+    positions that land inside the input (not on padding). XLA writes batched and collective matmuls as
+    convolutions whose padding is most of the window (e.g. a 32-wide window padded 31 on both sides
+    over a 1-wide input: one real tap per output), so a count that ignores padding is far too high."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", line)
+    if not labels:
+        return 0.0
+    lhs_labels, rhs_labels, _ = labels.groups()
+    window = re.search(r"window=\{([^}]*)\}", line)
+    fields = dict(re.findall(r"(\w+)=(\S+)", window.group(1))) if window else {}
+    spatial = sorted(c for c in rhs_labels if c.isdigit())
+    sizes = [int(x) for x in fields["size"].split("x")] if "size" in fields else [1] * len(spatial)
+    pads = [tuple(int(v) for v in p.split("_")) for p in fields["pad"].split("x")] if "pad" in fields else \
+        [(0, 0)] * len(spatial)
+    strides = [int(x) for x in fields["stride"].split("x")] if "stride" in fields else [1] * len(spatial)
+    taps = 1
+    for i, name in enumerate(spatial):
+        size_in = lhs[lhs_labels.index(name)]
+        k, (lo, hi), stride = sizes[i], pads[i], strides[i]
+        out = (size_in + lo + hi - k) // stride + 1
+        taps *= sum(1 for o in range(out) for j in range(k) if 0 <= o * stride + j - lo < size_in)
+    batch = lhs[lhs_labels.index("b")]
+    groups = re.search(r"batch_group_count=(\d+)", line)
+    batch //= int(groups.group(1)) if groups else 1
+    return 2.0 * batch * rhs[rhs_labels.index("o")] * rhs[rhs_labels.index("i")] * taps
+
+
+def _trip_count(condition: list[str], body: list[str] = ()) -> int:
+    """A loop's trip count from its condition `i < N` and the step `i + s` its body writes back (XLA's
+    bidirectional collective matmuls step by 2); 1 when the condition holds no such bound (a
+    data-dependent loop)."""
+    compare = next((line for line in condition if "compare(" in line and "direction=LT" in line), None)
+    if compare is None:
         return 1
-    constants = [int(c) for line in condition for c in re.findall(r"[su]\d+\[\]\S* constant\((\d+)\)", line)]
-    return max(constants, default=1)
+    constants = {}
+    for line in list(condition) + list(body):
+        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = [su]\d+\[\]\S* constant\((\d+)\)", line)
+        if m:
+            constants[m.group(1)] = int(m.group(2))
+    bound = max((constants[n] for n in re.findall(r"%([\w.\-]+)", compare.split("compare(", 1)[1]) if n in constants),
+                default=None)
+    if bound is None:
+        return 1
+    # The induction variable: the tuple index the condition compares; its step: the constant added to it.
+    index = None
+    operand = re.findall(r"%([\w.\-]+)", compare.split("compare(", 1)[1])[0]
+    for line in condition:
+        m = re.match(rf"\s*%{re.escape(operand)} = .*get-tuple-element\(.*index=(\d+)", line)
+        if m:
+            index = int(m.group(1))
+    step = 1
+    root = next((line for line in body if line.strip().startswith("ROOT") and " tuple(" in line), None)
+    if index is not None and root is not None:
+        names = re.findall(r"%([\w.\-]+)", root.split(" tuple(", 1)[1])
+        if index < len(names):
+            for line in body:
+                m = re.match(rf"\s*%{re.escape(names[index])} = \S+ add\(%([\w.\-]+), %([\w.\-]+)\)", line)
+                if m:
+                    step = next((constants[n] for n in m.groups() if n in constants), 1) or 1
+    return max(-(-bound // step), 1)
 
 
 @dataclasses.dataclass
@@ -311,15 +360,9 @@ def read_hlo(text: str) -> HloCounts:
             if " while(" in line:
                 n = re.search(r'known_trip_count\\?"\s*:\s*\{\s*\\?"n\\?"\s*:\s*\\?"(\d+)', line)
                 condition = re.search(r"condition=%?([\w.\-]+)", line)
-                trips = int(n.group(1)) if n else _trip_count(bodies.get(condition.group(1), []) if condition else [])
                 body = re.search(r"body=%?([\w.\-]+)", line)
-                if body and "windowed_dot_general" in body.group(1):
-                    # XLA's collective matmul (a weight all-gather / reduce-scatter decomposed into a loop
-                    # over shards). Its bodies' convolutions carry the gathered operand's full window with
-                    # the other shards as padding, which this reader (unlike XLA's padding-aware count)
-                    # cannot tell apart, so they count once: weighting them by their trips gave 5.4x the
-                    # model's FLOPs for the 8B step. Known limitation (README "Before you rent a pod").
-                    trips = 1
+                trips = int(n.group(1)) if n else _trip_count(bodies.get(condition.group(1), []) if condition else [],
+                                                             bodies.get(body.group(1), []) if body else [])
                 if body:
                     loops.append((body.group(1), trips))
             for key, callee in re.findall(r"(calls|to_apply|body|condition|branch_computations)=\{?%?([\w.\-]+)", line):

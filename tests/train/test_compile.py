@@ -158,3 +158,24 @@ def test_tpu_configs_compile_for_their_slice_fit_and_the_plan_is_within_25_perce
     assert report.planned_bytes == pytest.approx(report.per_device_bytes["total"], rel=0.25)
     if "8b" in name:
         assert 0.9 < report.flops_per_device / report.model_flops_per_device < 1.4
+
+
+def test_collective_matmul_convolutions_count_only_taps_inside_the_input():
+    """XLA writes a windowed (collective) matmul step as a convolution over a padded window: here a
+    [8192 tokens x 2 shards x 128] block against [32 x 128 x 2 x 128] weights, the 32-wide window padded
+    31 on both sides over a 1-wide input (one real tap per output). Its FLOPs are the matmul's:
+    2 x 8192 x (32 x 128 outputs) x (2 x 128 contracted), as XLA's cost analysis counts them."""
+    line = ("ROOT %convolution.230 = bf16[8192,32,128,1]{2,0,3,1} convolution(%a, %b), window={size=32x2 "
+            "pad=31_31x0_0 rhs_reversal=1x0}, dim_labels=b1f0_0o1i->b0f1")
+    assert compile_lib._convolution_flops(line, [8192, 2, 128, 1], [32, 128, 2, 128]) == 2 * 8192 * 4096 * 256
+
+
+def test_a_loop_stepping_by_two_runs_half_its_bound():
+    """XLA's bidirectional collective matmul: `i < 16` with `i + 2` written back runs 8 times."""
+    condition = ["  %c = u32[]{:T(128)} constant(16)", "  %i = u32[] get-tuple-element(%p), index=4",
+                 "  ROOT %lt = pred[] compare(%i, %c), direction=LT"]
+    body = ["  %two = u32[]{:T(128)} constant(2)", "  %g = u32[] get-tuple-element(%q), index=4",
+            "  %next = u32[]{:T(128)} add(%g, %two)",
+            "  ROOT %t = (f32[], f32[], f32[], f32[], u32[]) tuple(%a, %b, %c2, %d, %next)"]
+    assert compile_lib._trip_count(condition, body) == 8
+    assert compile_lib._trip_count(condition, []) == 16
