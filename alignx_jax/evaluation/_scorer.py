@@ -88,7 +88,8 @@ class PairScorer:
         soft = None if soft_tokens is None else jax.make_array_from_process_local_data(
             self.pair_sharding, local(np.asarray(soft_tokens, np.float32)))
         buckets = self.buckets or default_buckets(batch["tokens"].size)
-        length = kernels.bucket_length(scoring.scored_token_count(batch), buckets)
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]  # the LM head runs on each device's rows
+        length = kernels.bucket_length(scoring.scored_token_count(batch, shards), buckets)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
             out = _pair_logprobs(params, config, arrays, num_pairs=num_pairs, scored_length=length,
                                  differentiable=False, kernel_impl=self.kernel_impl, soft_tokens=soft)

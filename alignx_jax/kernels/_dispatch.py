@@ -40,11 +40,31 @@ class KernelConfig:
         """This config with ``impl`` and block sizes made concrete for the default backend."""
         impl = self.impl
         if impl == "auto":
-            # Not pallas_gpu: its [bn, D] and [D, bv] fp32 tiles need 475 KB of shared memory at SmolLM2's
-            # D = 576 and the H100 offers 232 KB (RESOURCE_EXHAUSTED, measured); it stays opt-in until tuned.
+            # Without D known (`resolved_for` knows it): GPUs take the XLA loop; the Pallas GPU kernel's
+            # untuned tiles asked 475 KB of shared memory at D = 576 on an H100 (232 KB; measured).
             impl = {"tpu": "pallas_tpu"}.get(jax.default_backend(), "xla")
         tokens, vocab = _DEFAULT_BLOCKS[impl]
         return KernelConfig(impl, self.block_tokens or tokens, self.block_vocab or vocab, self.interpret)
+
+    def resolved_for(self, d: int, itemsize: int) -> "KernelConfig":
+        """`resolved()`, with the Pallas TPU tiles chosen from the target chip's VMEM at hidden size
+        `d` when the caller named none (interpret mode keeps the defaults)."""
+        if self.impl == "auto" and jax.default_backend() == "gpu":
+            # The Triton kernel when a tile fits the GPU's shared memory at this D (SmolLM2's 576 does on
+            # an H100; Llama's 4096 does not: its [bn, D] + [D, bv] blocks alone exceed 228 KiB).
+            tiles = _pallas_gpu.choose_tiles(d, itemsize, _pallas_gpu.shared_memory_bytes())
+            impl = "xla" if tiles is None else "pallas_gpu"
+            return dataclasses.replace(self, impl=impl).resolved_for(d, itemsize)
+        config = self.resolved()
+        untiled = self.block_tokens is None or self.block_vocab is None
+        if config.impl == "pallas_tpu" and not self.interpret and untiled:
+            bn, bv = _pallas_tpu.choose_tiles(d, itemsize, _pallas_tpu.device_vmem_bytes())
+            config = KernelConfig(config.impl, self.block_tokens or bn, self.block_vocab or bv, self.interpret)
+        if config.impl == "pallas_gpu" and not self.interpret and untiled:
+            tiles = _pallas_gpu.choose_tiles(d, itemsize, _pallas_gpu.shared_memory_bytes()) or (16, 16)
+            config = KernelConfig(config.impl, self.block_tokens or tiles[0], self.block_vocab or tiles[1],
+                                  self.interpret)
+        return config
 
 
 def implementation(config: KernelConfig):

@@ -24,6 +24,38 @@ from alignx_jax.kernels import _tile
 _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
+KIB = 1024
+# Shared memory per SM by compute capability (CUDA's figures); Triton keeps a program's tiles there.
+SHARED_MEMORY_BYTES = {"9.0": 228 * KIB, "8.0": 164 * KIB, "8.7": 164 * KIB, "8.6": 100 * KIB, "8.9": 100 * KIB,
+                       "7.5": 64 * KIB, "7.0": 96 * KIB}
+_DEFAULT_SHARED = 48 * KIB
+
+
+def shared_memory_bytes(device=None) -> int:
+    """Shared memory per SM of a GPU (by its compute capability), 48 KiB when unknown."""
+    device = device or jax.devices()[0]
+    return SHARED_MEMORY_BYTES.get(str(getattr(device, "compute_capability", "")), _DEFAULT_SHARED)
+
+
+def tile_shared_bytes(bn: int, bv: int, d: int, itemsize: int) -> int:
+    """Shared memory of a program at tile (bn, bv): its [bn, D] hidden block and a [D, bv] LM-head block
+    in the input dtype, and the fp32 [bn, bv] logits. Reproduces the measured request: 475,136 B at
+    (64, 128), D = 576, fp32 on an H100 (RESOURCE_EXHAUSTED against its 232,448 B)."""
+    return (bn * d + d * bv) * itemsize + bn * bv * 4
+
+
+def choose_tiles(d: int, itemsize: int, shared: int) -> tuple[int, int] | None:
+    """The largest power-of-two tile (bn <= 64, 16 <= bv <= 128, tl.dot's minimum 16) within 90% of
+    `shared`; None when even (16, 16) does not fit (large D: use the XLA kernel)."""
+    best = None
+    for bn in (64, 32, 16):
+        for bv in (128, 64, 32, 16):
+            if tile_shared_bytes(bn, bv, d, itemsize) <= 0.9 * shared:
+                if best is None or bn * bv > best[0] * best[1]:
+                    best = (bn, bv)
+    return best
+
+
 def _pow2_at_most(size: int, cap: int) -> int:
     return 1 << (min(size, cap).bit_length() - 1)
 
@@ -75,7 +107,7 @@ def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: i
     """Label logit and lse per token, float32 [N] each (see ``_xla.forward_stats``)."""
     del valid
     sizes = _sizes(hidden, w, block_tokens, block_vocab)
-    column = jax.ShapeDtypeStruct((hidden.shape[0], 1), jnp.float32)
+    column = _tile.out_shape((hidden.shape[0], 1), jnp.float32, hidden, w, labels)
     picked, lse = pl.pallas_call(
         functools.partial(_forward_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
@@ -147,14 +179,14 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
     dx = pl.pallas_call(
         functools.partial(_dx_kernel, **sizes),
         grid=(_tile.cdiv(sizes["n"], sizes["bn"]),),
-        out_shape=jax.ShapeDtypeStruct(hidden.shape, hidden.dtype),
+        out_shape=_tile.out_shape(hidden.shape, hidden.dtype, hidden, w, *rows),
         compiler_params=_TRITON,
         interpret=interpret,
     )(hidden, w, *rows)
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, **sizes),
         grid=(_tile.cdiv(sizes["v"], sizes["bv"]),),
-        out_shape=jax.ShapeDtypeStruct(w.shape, w.dtype),
+        out_shape=_tile.out_shape(w.shape, w.dtype, hidden, w, *rows),
         compiler_params=_TRITON,
         interpret=interpret,
     )(hidden, w, *rows)

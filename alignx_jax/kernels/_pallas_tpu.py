@@ -16,7 +16,47 @@ from jax.experimental.pallas import tpu as pltpu
 
 from alignx_jax.kernels import _tile
 
-_SEQUENTIAL = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+MIB = 2**20
+# VMEM per TensorCore by device kind (jax's pallas tpu_info); a megacore device runs a kernel on one core.
+VMEM_BYTES = {"TPU v4": 16 * MIB, "TPU v5 lite": 128 * MIB, "TPU v5e": 128 * MIB, "TPU v5": 64 * MIB,
+              "TPU v5p": 64 * MIB, "TPU v6 lite": 128 * MIB, "TPU v6e": 128 * MIB}
+_DEFAULT_VMEM = 16 * MIB  # an unknown chip: the smallest
+# Tiles to try, largest first: bn a multiple of 8 sublanes and bv of 128 lanes.
+_TILES = ((512, 1024), (256, 1024), (256, 512), (128, 512), (128, 256), (64, 256), (32, 128), (8, 128))
+
+
+def device_vmem_bytes() -> int:
+    """VMEM of the chip the kernel is compiled for: the mesh in effect (`jax.set_mesh`, e.g. a TPU
+    topology's abstract devices compiled on a CPU machine), else the default device."""
+    try:
+        mesh = jax.sharding.get_mesh()
+        device = mesh.devices.flat[0] if mesh is not None and not mesh.empty else jax.devices()[0]
+    except Exception:  # no concrete mesh in effect
+        device = jax.devices()[0]
+    return VMEM_BYTES.get(device.device_kind, _DEFAULT_VMEM)
+
+
+def tile_vmem_bytes(bn: int, bv: int, d: int, itemsize: int) -> int:
+    """VMEM that the largest of the three kernels (``dw``) holds at tile (bn, bv): its inputs double-
+    buffered, the fp32 [D, bv] accumulator, its double-buffered output block, and fp32 [bn, bv]
+    logits with their exp and dlogits."""
+    inputs = 2 * (bn * d + d * bv) * itemsize + 2 * 6 * bn * 4
+    return inputs + d * bv * 4 + 2 * d * bv * itemsize + 3 * bn * bv * 4
+
+
+def choose_tiles(d: int, itemsize: int, vmem: int, n: int | None = None, v: int | None = None) -> tuple[int, int]:
+    """The largest tile of `_TILES` whose kernels fit 60% of `vmem` (the rest: Mosaic's own scratch)."""
+    for bn, bv in _TILES:
+        if tile_vmem_bytes(bn, bv, d, itemsize) <= 0.6 * vmem:
+            return bn, bv
+    return _TILES[-1]
+
+
+def _params(vmem_needed: int):
+    # Mosaic's default scoped VMEM limit (16-32 MiB) is below what D = 4096 tiles need; raise it to
+    # what the tiles need plus headroom, within the chip.
+    limit = int(min(max(vmem_needed * 1.5, 32 * MIB), 0.9 * device_vmem_bytes()))
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"), vmem_limit_bytes=limit)
 
 
 def _column(x, dtype=None):
@@ -56,7 +96,10 @@ def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: i
     (n, d), v = hidden.shape, w.shape[1]
     bn, bv = min(block_tokens, n), min(block_vocab, v)
     kernel = functools.partial(_forward_kernel, n=n, v=v, bn=bn, bv=bv)
-    column = jax.ShapeDtypeStruct((n, 1), jnp.float32)
+    column = _tile.out_shape((n, 1), jnp.float32, hidden, w, labels)
+    size = hidden.dtype.itemsize
+    cost = pl.CostEstimate(flops=2 * n * d * v, transcendentals=n * v,
+                           bytes_accessed=n * d * size + d * v * size * _tile.cdiv(n, bn) + 3 * n * 4)
     picked, lse = pl.pallas_call(
         kernel,
         grid=(_tile.cdiv(n, bn), _tile.cdiv(v, bv)),
@@ -68,7 +111,8 @@ def forward_stats(hidden, w, labels, valid, *, block_tokens: int, block_vocab: i
         out_specs=_row_specs(bn, True, 2),
         out_shape=[column, column],
         scratch_shapes=[pltpu.VMEM((bn, 1), jnp.float32) for _ in range(3)],
-        compiler_params=_SEQUENTIAL,
+        compiler_params=_params(tile_vmem_bytes(bn, bv, d, size)),
+        cost_estimate=cost,
         interpret=interpret,
     )(hidden, w, _column(labels))
     return picked[:, 0], lse[:, 0]
@@ -131,6 +175,11 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
     static = dict(n=n, v=v, bn=bn, bv=bv)
     row_inputs = (_column(labels), _column(valid, jnp.int32), _column(lse), _column(g_label), _column(g_lse))
     nt, nv = _tile.cdiv(n, bn), _tile.cdiv(v, bv)
+    size = hidden.dtype.itemsize
+    # Each backward kernel recomputes its tiles' logits (2 N D V) and takes one more product (2 N D V).
+    cost = pl.CostEstimate(flops=4 * n * d * v, transcendentals=n * v,
+                           bytes_accessed=n * d * size * nv + d * v * size * nt + 6 * n * 4)
+    params = _params(tile_vmem_bytes(bn, bv, d, size))
     dx = pl.pallas_call(
         functools.partial(_dx_kernel, **static),
         grid=(nt, nv),
@@ -140,9 +189,10 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
             *_row_specs(bn, True, len(row_inputs)),
         ],
         out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
-        out_shape=jax.ShapeDtypeStruct(hidden.shape, hidden.dtype),
+        out_shape=_tile.out_shape(hidden.shape, hidden.dtype, hidden, w, *row_inputs),
         scratch_shapes=[pltpu.VMEM((bn, d), jnp.float32)],
-        compiler_params=_SEQUENTIAL,
+        compiler_params=params,
+        cost_estimate=cost,
         interpret=interpret,
     )(hidden, w, *row_inputs)
     dw = pl.pallas_call(
@@ -154,9 +204,10 @@ def backward_grads(hidden, w, labels, valid, lse, g_label, g_lse, *, block_token
             *_row_specs(bn, False, len(row_inputs)),
         ],
         out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
-        out_shape=jax.ShapeDtypeStruct(w.shape, w.dtype),
+        out_shape=_tile.out_shape(w.shape, w.dtype, hidden, w, *row_inputs),
         scratch_shapes=[pltpu.VMEM((d, bv), jnp.float32)],
-        compiler_params=_SEQUENTIAL,
+        compiler_params=params,
+        cost_estimate=cost,
         interpret=interpret,
     )(hidden, w, *row_inputs)
     return dx, dw

@@ -33,6 +33,13 @@ def match_vma(init, *operands):
     return jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), init)
 
 
+def out_shape(shape, dtype, *operands) -> jax.ShapeDtypeStruct:
+    """A Pallas call's output shape that varies over the mesh axes its operands vary on (inside
+    `shard_map` with `check_vma`, a kernel's outputs must say so; elsewhere it is ignored)."""
+    axes = frozenset().union(*(_varying_axes(x) for x in operands))
+    return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=axes))
+
+
 def sum_to_match(cotangent, primal):
     """Sum ``cotangent`` over the mesh axes it varies on but ``primal`` does not.
 

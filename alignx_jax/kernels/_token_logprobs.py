@@ -52,7 +52,7 @@ def _check_inputs(hidden, w, labels, valid):
 def _stats(hidden, w, labels, valid, config, vocab_axis, differentiable):
     _check_inputs(hidden, w, labels, valid)
     valid = jnp.ones(labels.shape, jnp.bool_) if valid is None else valid
-    config = config.resolved()
+    config = config.resolved_for(hidden.shape[1], hidden.dtype.itemsize)
     if vocab_axis is not None:
         labels = _vocab_shard.local_labels(labels, w.shape[1], vocab_axis)
     if differentiable:

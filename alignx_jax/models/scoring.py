@@ -9,15 +9,28 @@ The batch is a mapping of the `data.PackedBatch` arrays (tokens, positions, segm
 targets, chosen_mask, rejected_mask, pair_ids; all [B, T]); the number of pair slots P is the
 static `num_pairs`. Only response tokens reach the LM head: the persona prompt, most of a row,
 costs the decoder and nothing else.
+
+On a mesh (`jax.set_mesh`, with the logical rules of `models/sharding.py` in effect) the LM head runs
+where its tokens live: inside `shard_map` over the mesh axes of `activation_batch` (data x fsdp),
+each device gathers the scored tokens of its own rows into `scored_length / shards` slots and runs
+the fused kernel on them, with the vocabulary split over the axis of `vocab` (tensor); the per-pair
+sums are `psum`med over the batch axes. A Mosaic kernel cannot be partitioned by GSPMD at all, and
+the XLA loop would be gathered onto every device (every logits tile then summed across chips), so
+this is the only placement that scales. `scored_length` must then bound every shard's count times
+the shard count: `scored_token_count(batch, shards=...)`.
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alignx_jax import kernels
 from alignx_jax.models import llama
@@ -32,10 +45,17 @@ class PairLogprobs(NamedTuple):
     rejected_tokens: chex.Array
 
 
-def scored_token_count(batch: Mapping[str, chex.Array]) -> int:
+def scored_token_count(batch: Mapping[str, chex.Array], shards: int = 1) -> int:
     """How many tokens of a (host) batch are scored; pick `scored_length` from it with
-    `kernels.bucket_length` so a run compiles a few shapes."""
-    return int((batch["chosen_mask"] | batch["rejected_mask"]).sum())
+    `kernels.bucket_length` so a run compiles a few shapes. With `shards` > 1 (the rows split into
+    that many equal blocks, one per device of the batch axes): the largest block's count times
+    `shards`, the length at which every device's share of `scored_length` holds its tokens."""
+    scored = np.asarray(batch["chosen_mask"]) | np.asarray(batch["rejected_mask"])
+    if shards <= 1:
+        return int(scored.sum())
+    if len(scored) % shards:
+        raise ValueError(f"scored_token_count: {len(scored)} rows do not split into {shards} shards")
+    return int(scored.reshape(shards, -1).sum(axis=1).max()) * shards
 
 
 def soft_prompt_embeddings(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array],
@@ -87,16 +107,58 @@ def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, c
     hidden = hidden_states(params, config, batch, soft_tokens)
     if not differentiable:
         hidden = jax.lax.stop_gradient(hidden)
-    chosen_mask = batch["chosen_mask"].reshape(-1)
-    scored = kernels.gather_scored_tokens(chosen_mask | batch["rejected_mask"].reshape(-1), scored_length)
-    h = hidden.reshape(-1, hidden.shape[-1])[scored.index]
-    labels = batch["targets"].reshape(-1)[scored.index]
-    w = llama.lm_head_weight(params, config)
-    score = kernels.token_logprobs if differentiable else kernels.token_logprobs_no_grad
-    logp, _ = score(h, w.astype(h.dtype), labels, scored.valid, impl=kernel_impl)
-    # Response id 2p is pair p's chosen response, 2p + 1 its rejected one; padding drops out (-1).
-    pair = batch["pair_ids"].reshape(-1)[scored.index]
-    response = jnp.where(scored.valid, 2 * pair + jnp.where(chosen_mask[scored.index], 0, 1), -1)
-    sums = kernels.segment_sum(logp, response, 2 * num_pairs).reshape(num_pairs, 2)
-    counts = kernels.segment_sum(scored.valid.astype(jnp.float32), response, 2 * num_pairs).reshape(num_pairs, 2)
+    w = llama.lm_head_weight(params, config).astype(hidden.dtype)
+    rows = {k: batch[k] for k in ("chosen_mask", "rejected_mask", "targets", "pair_ids")}
+    head = functools.partial(_head_sums, num_pairs=num_pairs, differentiable=differentiable, kernel_impl=kernel_impl)
+    batch_axes, vocab_axes = _head_axes(hidden.shape[0], w.shape[1])
+    if batch_axes is None and vocab_axes is None:
+        sums, counts = head(hidden, w, rows, scored_length=scored_length)
+    else:
+        mesh = jax.sharding.get_abstract_mesh()
+        shards = math.prod(mesh.shape[a] for a in batch_axes or ())
+        P = jax.sharding.PartitionSpec
+
+        def local(hidden, w, rows):
+            sums, counts = head(hidden, w, rows, scored_length=-(-scored_length // shards), vocab_axis=vocab_axes)
+            return (jax.lax.psum(sums, batch_axes), jax.lax.psum(counts, batch_axes)) if batch_axes else (sums, counts)
+
+        sums, counts = jax.shard_map(local, in_specs=(P(batch_axes, None, None), P(None, vocab_axes), P(batch_axes, None)),
+                                     out_specs=(P(), P()))(hidden, w, rows)
+    sums, counts = sums.reshape(num_pairs, 2), counts.reshape(num_pairs, 2)
     return PairLogprobs(sums[:, 0], sums[:, 1], counts[:, 0], counts[:, 1])
+
+
+def _head_axes(rows: int, vocab: int):
+    """(batch mesh axes, vocabulary mesh axes) of the LM head on the mesh in effect (None: unsplit).
+
+    The mesh axes that the logical rules give `activation_batch` and `vocab`, those of size 1 left out;
+    an axis group that does not divide its dimension is dropped (the head then runs unsplit on it)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None, None
+
+    def axes(logical: str, size: int):
+        entry = nn.logical_to_mesh_axes((logical,))[0]
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        names = tuple(n for n in names if mesh.shape[n] > 1)
+        return names if names and size % math.prod(mesh.shape[n] for n in names) == 0 else None
+
+    return axes("activation_batch", rows), axes("vocab", vocab)
+
+
+def _head_sums(hidden, w, rows, *, num_pairs: int, scored_length: int, differentiable: bool, kernel_impl: str,
+               vocab_axis=None):
+    """Summed log-probs and token counts per response, float32 [2P] each, of the rows in `hidden` [B, T, D]
+    (the whole batch, or one device's rows inside `shard_map`)."""
+    chosen_mask = rows["chosen_mask"].reshape(-1)
+    scored = kernels.gather_scored_tokens(chosen_mask | rows["rejected_mask"].reshape(-1), scored_length)
+    h = hidden.reshape(-1, hidden.shape[-1])[scored.index]
+    labels = rows["targets"].reshape(-1)[scored.index]
+    score = kernels.token_logprobs if differentiable else kernels.token_logprobs_no_grad
+    logp, _ = score(h, w, labels, scored.valid, impl=kernel_impl, vocab_axis=vocab_axis)
+    # Response id 2p is pair p's chosen response, 2p + 1 its rejected one; padding drops out (-1).
+    pair = rows["pair_ids"].reshape(-1)[scored.index]
+    response = jnp.where(scored.valid, 2 * pair + jnp.where(chosen_mask[scored.index], 0, 1), -1)
+    sums = kernels.segment_sum(logp, response, 2 * num_pairs)
+    counts = kernels.segment_sum(scored.valid.astype(jnp.float32), response, 2 * num_pairs)
+    return sums, counts

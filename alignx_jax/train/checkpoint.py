@@ -20,6 +20,17 @@ import orbax.checkpoint as ocp
 from alignx_jax.errors import InputError, cause
 
 
+def absolute(directory: str | pathlib.Path):
+    """A local folder made absolute; a URL (`gs://bucket/run`) as given, as an etils path, so orbax
+    writes to the bucket (`pathlib.Path` would turn it into the local folder `gs:/bucket/run`)."""
+    text = str(directory)
+    if "://" in text:
+        from etils import epath
+
+        return epath.Path(text)
+    return pathlib.Path(directory).absolute()
+
+
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -30,7 +41,7 @@ class Restored:
 
 class Checkpoints:
     def __init__(self, directory: str | pathlib.Path, *, keep: int, asynchronous: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta"),

@@ -19,6 +19,9 @@ import yaml
 from alignx_jax.errors import InputError
 
 REFERENCE_MODES = ("frozen", "precomputed", "lora")
+# kernels.ATTENTION_IMPLS and kernels.IMPLS, spelled here so a config is checked without importing jax.
+ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "pallas_gpu", "splash")
+KERNEL_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
 
 
 class ConfigError(InputError):
@@ -40,7 +43,8 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute; parameters (master weights) stay param_dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
-    attention_impl: str = "auto"
+    attention_impl: str = "auto"  # kernels.attention's impl (ATTENTION_IMPLS); auto: splash on TPU
+    kernel_impl: str = "auto"  # the fused log-prob kernel's impl (kernels.IMPLS); auto: pallas_tpu on TPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +244,12 @@ def _check_ranges(c: TrainConfig) -> None:
     unknown = sorted(set(c.lora.targets) - set(LORA_TARGETS))
     if unknown:
         raise ConfigError(f"config key 'lora.targets': unknown projection(s) {unknown}; known: {list(LORA_TARGETS)}")
+    for key, known in (("attention_impl", ATTENTION_IMPLS), ("kernel_impl", KERNEL_IMPLS)):
+        value = getattr(c.model, key)
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config key 'model.{key}' must be one of {list(known)}, got {value!r}{hint}")
     if c.model.name == "random" and not c.model.tokenizer:
         raise ConfigError("config key 'model.tokenizer' is required when model.name is 'random'")
     _positive(c.lm_warmup.steps, "lm_warmup.steps", 0)

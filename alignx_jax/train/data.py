@@ -21,6 +21,7 @@ import numpy as np
 
 from alignx_jax import data, kernels
 from alignx_jax.errors import InputError
+from alignx_jax.models import scoring
 from alignx_jax.train.config import DataConfig, SyntheticUsers
 
 
@@ -148,7 +149,13 @@ def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tupl
     persona arrays), split over the pair axis.
     """
     length = max(b["tokens"].shape[1] for b in micro_batches)
-    scored = max(int((b["chosen_mask"] | b["rejected_mask"]).sum()) for b in micro_batches)
+    # The LM head runs on each device's own rows (models/scoring.py): the length must hold the fullest
+    # device's scored tokens times the devices, not just the batch's total.
+    global_rows = len(micro_batches[0]["tokens"]) * jax.process_count()
+    blocks = len({index[1].indices(global_rows)[0]
+                  for index in row_sharding.devices_indices_map((1, global_rows, 1)).values()})
+    local_blocks = max(blocks // jax.process_count(), 1)
+    scored = max(scoring.scored_token_count(b, local_blocks) for b in micro_batches)
     length, scored = _all_max([length, scored])
     if jax.process_count() > 1:  # every process's local count, not the global sum, bounds its rows' share
         scored *= jax.process_count()

@@ -4,10 +4,18 @@
                  fine-tuning, or the LoRA adapters (replicated)
     optimizer    AdamW's two moments of what is trained; gradients: one more copy
     reference    the frozen copy (frozen mode) or the LoRA base = the parameters; none when precomputed
+    accumulation the summed gradients of the micro-batches (a second gradient copy) when accumulating
+    optimizer_temporaries  AdamW's updates before they are applied (one more copy of what is trained)
+    gathered     FSDP's all-gathered weights of one decoder layer (forward, and the backward's copy with
+                 that layer's full fp32 weight gradient before its reduce-scatter), over `tensor` only
+    lm_head      the LM head inside its shard_map: the gathered [D, V / tensor] weight and its gradient
+                 (compute dtype, then fp32 before the reduce-scatter) on every device
     activations  one micro-batch's rows on this device: with remat, each layer's input [tokens, D] is
                  kept and one layer's working set is live; without, every layer's working set is kept.
                  The working set counts q/k/v/o, the MLP's gate/up/hidden and the residuals, twice
                  (forward values and their gradients); flash attention keeps no [T, T] scores.
+
+Checked against XLA's own per-device total by `alignx compile` (README "Before you rent a pod").
 """
 from __future__ import annotations
 
@@ -58,7 +66,14 @@ def per_device_gib(config: TrainConfig, model: llama.LlamaConfig, mesh_shape: Ma
         activations = model.num_layers * tokens * d * act_bytes + layer
     else:
         activations = model.num_layers * layer
-    parts = {"trained": trained, "optimizer": 2 * trained, "gradients": trained, "reference": reference,
+    full_fine_tuning = config.reference != "lora"
+    accumulation = trained if config.optimizer.accumulation > 1 else 0
+    layer_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes["layers"])) / model.num_layers
+    gathered = layer_params / tensor * (2 * act_bytes + 4) if full_fine_tuning else layer_params / tensor * act_bytes
+    head = d * model.vocab_size / tensor
+    lm_head = head * (2 * act_bytes + 4) if full_fine_tuning else head * act_bytes
+    parts = {"trained": trained, "optimizer": 2 * trained, "gradients": trained, "accumulation": accumulation,
+             "optimizer_temporaries": trained, "reference": reference, "gathered": gathered, "lm_head": lm_head,
              "activations": activations}
     gib = {name: value / GIB for name, value in parts.items()}
     gib["total"] = sum(gib.values())

@@ -32,13 +32,15 @@ def decoder_matmul_params(config: llama.LlamaConfig) -> int:
 
 
 def step_flops(config: llama.LlamaConfig, *, tokens: float, scored_tokens: float, seq_len: int,
-               reference_forward: bool) -> float:
-    """Model FLOPs of one training step (module docstring); `tokens` counts non-padding tokens."""
+               reference_forward: bool, remat: bool = False) -> float:
+    """Model FLOPs of one training step (module docstring); `tokens` counts non-padding tokens.
+    `remat` adds the decoder's recomputed forward (the LM head's kernel recomputes its own tiles in
+    the backward, which the 3x already counts)."""
     per_token = 2 * decoder_matmul_params(config)
     per_token += 4 * config.num_layers * config.num_heads * config.resolved_head_dim * (seq_len / 2)
     head = 2 * config.hidden_size * config.vocab_size
     forward = per_token * tokens + head * scored_tokens
-    return forward * (4 if reference_forward else 3)
+    return forward * (4 if reference_forward else 3) + (per_token * tokens if remat else 0.0)
 
 
 _CPU_PEAK: float | None = None

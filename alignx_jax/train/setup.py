@@ -70,7 +70,7 @@ class Run:
     @property
     def scorer(self) -> evaluation.PairScorer:
         """The scoring service on the run's mesh (held-out evaluation, reference cache, probes)."""
-        return evaluation.PairScorer(self.mesh, buckets=self.buckets)
+        return evaluation.PairScorer(self.mesh, kernel_impl=self.config.model.kernel_impl, buckets=self.buckets)
 
     def prompt_format(self, **kwargs) -> data_lib.PromptFormat:
         """The training prompt format (a bridge run's soft slots or precomputed MAP profiles)."""
@@ -159,7 +159,7 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     buckets = train_data.scored_buckets(config.data.scored_buckets, max_tokens)
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
                     lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
-                    bridge=bridge_step)
+                    kernel_impl=config.model.kernel_impl, bridge=bridge_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))

@@ -27,6 +27,20 @@ from alignx_jax.train.step import StepSpec, train_step  # noqa: E402
 
 MODEL = llama.LlamaConfig.tiny(num_heads=4, num_kv_heads=2, intermediate_size=128)
 
+# The tokens each call of the fused kernel sees (at trace time, inside shard_map: one device's share).
+KERNEL_TOKENS = []
+
+
+def _recording(fn):
+    def wrapped(hidden, *args, **kwargs):
+        KERNEL_TOKENS.append(int(hidden.shape[0]))
+        return fn(hidden, *args, **kwargs)
+    return wrapped
+
+
+kernels.token_logprobs = _recording(kernels.token_logprobs)
+kernels.token_logprobs_no_grad = _recording(kernels.token_logprobs_no_grad)
+
 
 class ByteTokenizer:
     bos_token_id, eos_token_id = 1, 2
@@ -64,13 +78,16 @@ def main():
                         lora=None, num_pairs=len(batch["pair_valid"]), scored_length=scored)
         step = jax.jit(train_step, static_argnames=("spec", "optimizer", "schedule"), donate_argnums=0,
                        out_shardings=(shardings, None))
+        KERNEL_TOKENS.clear()
         with jax.set_mesh(mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
             new_state, metrics = step(state, arrays, jax.random.key(0), spec=spec, optimizer=optimizer,
                                       schedule=learning_rate(config.optimizer, config.steps))
         specs = {jax.tree_util.keystr(p): str(x.sharding.spec) for p, x in jax.tree_util.tree_leaves_with_path(new_state.params)}
         path = os.path.join(folder, f"{name}.npz")
         np.savez(path, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(new_state.params)})
-        results[name] = {"loss": float(metrics["loss"]), "params": path, "specs": specs}
+        results[name] = {"loss": float(metrics["loss"]), "params": path, "specs": specs, "scored_length": scored,
+                         "kernel_tokens": sorted(set(KERNEL_TOKENS)),
+                         "scored_tokens": float(metrics["scored_tokens"])}
     json.dump(results, sys.stdout)
 
 

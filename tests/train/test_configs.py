@@ -15,9 +15,9 @@ PLACEHOLDER = "/path/to/"
 
 
 def built_model(config):
-    """The architecture a config trains; placeholder paths of the 8B configs stand for Llama-3.1-8B."""
+    """The architecture a config trains; a placeholder folder stands for the config's `model.preset`."""
     if config.model.name.startswith(PLACEHOLDER):
-        return llama.preset("llama3.1-8b", dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+        return llama.preset(config.model.preset, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                             remat=config.model.remat)
     return model_config_of(config.model)
 
@@ -34,16 +34,29 @@ def test_every_config_parses_and_builds(path):
         assert llama.num_params(model) > 0
 
 
-@pytest.mark.parametrize("name, devices, max_gib", [("llama3_1_8b_tpu_v5p_64.yaml", 64, 95),
-                                                    ("llama3_1_8b_8xh100.yaml", 8, 80)])
-def test_8b_configs_fit_their_devices(name, devices, max_gib):
+# (config, devices of its slice or host, HBM GiB per device, parameters). v5p-64 is 32 chips: v5p
+# names count TensorCores (two per chip) and JAX sees one device per chip.
+POD_CONFIGS = [("llama3_1_8b_tpu_v5p_64.yaml", 32, 95, 8.03e9), ("llama3_1_8b_8xh100.yaml", 8, 80, 8.03e9),
+               ("llama3_1_70b_tpu_v5p_64.yaml", 32, 95, 70.55e9)]
+
+
+@pytest.mark.parametrize("name, devices, max_gib, params", POD_CONFIGS)
+def test_pod_configs_fit_their_devices(name, devices, max_gib, params):
     config = load_config(pathlib.Path(CONFIGS[0]).parent / name)
     mesh = {"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor}
     assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == devices
     planned = memory.per_device_gib(config, built_model(config), mesh)
     assert planned["total"] < config.device_memory_gib == max_gib, planned
-    # The parameter shard is the 8.03e9 fp32 parameters over the devices (nothing replicated by mistake).
-    assert planned["trained"] == pytest.approx(8.03e9 * 4 / devices / 2**30, rel=0.02)
+    # The parameter shard is the fp32 parameters over the devices (nothing replicated by mistake).
+    assert planned["trained"] == pytest.approx(params * 4 / devices / 2**30, rel=0.02)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in POD_CONFIGS])
+def test_pod_configs_take_the_recipes_128_pairs_per_step(name):
+    """The official recipe's global batch: rows x micro-batches x pairs per row = 128 pair slots."""
+    config = load_config(pathlib.Path(CONFIGS[0]).parent / name)
+    assert config.data.rows * config.optimizer.accumulation * config.data.max_pairs_per_row == 128
+    assert config.data.seq_lengths[-1] == 8192
 
 
 def test_memory_plan_refuses_an_unsharded_8b_run():

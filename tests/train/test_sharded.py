@@ -28,6 +28,15 @@ def test_sharded_step_equals_one_device(results, mesh):
             np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.parametrize("mesh, batch_shards", [("1x1x1", 1), ("1x4x2", 4), ("2x4x1", 8)])
+def test_lm_head_runs_on_each_devices_rows(results, mesh, batch_shards):
+    """The fused kernel runs inside shard_map over data x fsdp: each device's calls see 1/shards of the
+    scored-token length (its own rows), and every scored token is still counted once."""
+    run = results[mesh]
+    assert run["kernel_tokens"] == [run["scored_length"] // batch_shards]
+    assert run["scored_tokens"] == results["1x1x1"]["scored_tokens"] > 0
+
+
 def test_parameters_are_sharded_by_the_rules_table(results):
     specs = results["1x4x2"]["specs"]
     # embed -> fsdp, heads / kv_heads / mlp / vocab -> tensor (models/sharding.py DEFAULT_RULES)
