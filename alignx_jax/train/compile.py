@@ -461,6 +461,7 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
     xla_flops = float(cost.get("flops", 0.0))
     text = compiled.as_text()
     if hlo_path is not None:
+        pathlib.Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(hlo_path).write_text(text)
     hlo = read_hlo(text)
     hbm = int(top.hbm_gib * GIB)

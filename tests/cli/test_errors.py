@@ -127,6 +127,10 @@ CASES = {
                            "absent.jsonl: no such generation file"),
     "judge-output-not-empty": (["judge", "absent.jsonl", "absent2.jsonl", "--out", "full_dir"],
                                "full_dir: the folder exists"),
+    "compile-missing-config": (["compile", "--config", "absent.yaml", "--topology", "v5p-8"],
+                               "absent.yaml: no such config file"),
+    "compile-typo-key": (["compile", "--config", "typo.yaml", "--topology", "v5p-8"],
+                         "unknown key 'setps'; did you mean 'steps'?"),
     "argparse-bad-int": (["data", "synth", "--users", "x", "--out", "a.json"], "argument --users: invalid int"),
     "argparse-unknown-command": (["frobnicate"], "invalid choice: 'frobnicate'"),
 }
