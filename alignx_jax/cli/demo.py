@@ -3,7 +3,8 @@
 1. held-out synthetic users in mirror pairs (a persona-blind model scores exactly 50%) and, when
    ../shared is present, held-out P-Soups friendly / unfriendly records of both personas;
 2. accuracy before training (policy-only view: the untrained policy equals its reference);
-3. ICA training (DPO, LoRA) with a progress bar;
+3. ICA training (DPO, LoRA) with a progress bar, for what the time budget (`--budget-seconds`, the
+   whole demo) leaves after the measured cost of the held-out passes and the answers;
 4. accuracy after, policy-only and with the paper's metric, per persona and worst persona; the
    policy-only view per token too (log-probs over token counts), before and after;
 5. export to DIR/hf and reload in PyTorch transformers, logits compared;
@@ -68,9 +69,10 @@ def _out_dir(path: str) -> pathlib.Path:
 def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib.Path | None):
     """One pair per 640-token row (one history item of each kind), 4 pairs per step, LoRA, one compiled
     step shape; at most `steps` steps at a constant rate from the first (LoRA starts as the base model),
-    so that a run the time budget stops early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 10
-    records and 6 P-Soups records per persona. The loss is DPO plus the chosen response's NLL (`rpo`),
-    so the policy also learns to answer in the user's style rather than echo the history."""
+    so that a run the time budget stops early is not left mid-schedule. Held out: 4 synthetic users
+    (2 mirror pairs) x 10 records and 6 P-Soups records per persona. The loss is DPO plus the chosen
+    response's NLL (`rpo`), so the policy also learns to answer in the user's style rather than echo
+    the history."""
     from alignx_jax.train import config_from_dict
 
     files = [{"path": str(psoups), "heldout_per_persona": 6, "limit": 64}] if psoups else []

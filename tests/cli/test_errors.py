@@ -71,6 +71,7 @@ CASES = {
     "issue-synth-txt": (["data", "synth", "--users", "10", "--out", "x.txt"], "x.txt: unknown file type '.txt'"),
     "issue-validate-empty-file": (["data", "validate", "EMPTY.json"], "EMPTY.json: the file is empty"),
     "demo-steps": (["demo", "--steps", "0"], "--steps must be >= 1"),
+    "demo-budget": (["demo", "--budget-seconds", "0"], "--budget-seconds must be > 0"),
     "demo-missing-psoups": (["demo", "--psoups", "absent.json"], "--psoups absent.json: no such file"),
     "demo-out-not-empty": (["demo", "--out", "full_dir"], "full_dir: the folder exists and is not empty"),
     "hf-to-jax-config-not-json": (["convert", "hf-to-jax", "bad_config", "out"], "bad_config/config.json: not valid JSON"),
