@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alignx_jax import data as data_lib
 from alignx_jax import interop
 from alignx_jax.errors import InputError
 from alignx_jax.models import llama
@@ -196,7 +197,7 @@ def build(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh):
     pairs = train_data.packing_config(config.data).num_pair_slots
     row_shard, pair_shard = train_sharding.batch_shardings(mesh)
     batch = {k: jax.ShapeDtypeStruct((a, rows, t), jnp.bool_ if k.endswith("_mask") else jnp.int32, sharding=row_shard)
-             for k in train_data.ROW_KEYS}
+             for k in data_lib.ROW_KEYS}
     batch["pair_valid"] = jax.ShapeDtypeStruct((a, pairs), jnp.bool_, sharding=pair_shard)
     if config.reference == "precomputed":
         for k in ("ref_chosen", "ref_rejected"):
