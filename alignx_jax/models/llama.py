@@ -426,7 +426,7 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, attention_mask=None, cache=None, cache_index=None,
-                 return_hidden=False, segment_ids=None, roles=None, input_embeddings=None):
+                 return_hidden=False, segment_ids=None, roles=None, input_embeddings=None, final_norm=True):
         c = self.config
         b, t = tokens.shape
         if positions is None:
@@ -450,6 +450,8 @@ class Llama(nn.Module):
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})
         x, new_cache = layers(c, name="layers")(x, positions, attention_mask, packed, cache, cache_index)
+        if return_hidden and not final_norm:
+            return x, new_cache
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="final_norm")(x)
         if return_hidden:
             return x, new_cache
@@ -487,11 +489,13 @@ def num_params(config: LlamaConfig) -> int:
 def forward(params: dict, tokens: jax.Array, config: LlamaConfig, *, positions: jax.Array | None = None,
             attention_mask: jax.Array | None = None, segment_ids: jax.Array | None = None,
             roles: jax.Array | None = None, return_hidden: bool = False,
-            input_embeddings: jax.Array | None = None) -> jax.Array:
+            input_embeddings: jax.Array | None = None, final_norm: bool = True) -> jax.Array:
     """Logits [B, T, V] (or final-normed hidden states [B, T, D]) of int32 tokens [B, T].
 
     input_embeddings: optional [B, T, D], used instead of the embedding lookup of `tokens` (soft
     prompt tokens; `embed_tokens` gives the lookup to start from). Everything else is unchanged.
+    final_norm=False (with return_hidden): the residual stream after the last layer, not normed; with
+    `layer_slice`, one slice's output is the next slice's `input_embeddings`.
 
     positions: int32 [B, T] (default 0..T-1). The mask, one of: `segment_ids` and `roles` int32
     [B, T] (packed rows, the structured rule of `kernels.attention`; `data.PackedBatch` carries
@@ -508,8 +512,23 @@ def forward(params: dict, tokens: jax.Array, config: LlamaConfig, *, positions: 
     if input_embeddings is not None:
         chex.assert_shape(input_embeddings, (*tokens.shape, config.hidden_size))
     out, _ = Llama(config).apply({"params": params}, tokens, positions, attention_mask, return_hidden=return_hidden,
-                                 segment_ids=segment_ids, roles=roles, input_embeddings=input_embeddings)
+                                 segment_ids=segment_ids, roles=roles, input_embeddings=input_embeddings,
+                                 final_norm=final_norm)
     return out
+
+
+def layer_slice(params: dict, config: LlamaConfig, start: int, stop: int) -> tuple[dict, LlamaConfig]:
+    """The parameters and config of a model whose decoder layers are layers [start, stop) of this one
+    (embedding, final norm and head kept), so that with
+
+        p0, c0 = layer_slice(p, c, 0, k);  p1, c1 = layer_slice(p, c, k, c.num_layers)
+        h = forward(p0, tokens, c0, return_hidden=True, final_norm=False)
+
+    `forward(p1, tokens, c1, input_embeddings=h)` is `forward(p, tokens, c)`."""
+    if not 0 <= start < stop <= config.num_layers:
+        raise ValueError(f"layer_slice: [{start}, {stop}) is not a slice of {config.num_layers} layers")
+    layers = jax.tree.map(lambda x: x[start:stop], params["layers"])
+    return dict(params, layers=layers), dataclasses.replace(config, num_layers=stop - start)
 
 
 def embed_tokens(params: dict, tokens: jax.Array, config: LlamaConfig) -> jax.Array:

@@ -8,7 +8,9 @@
 The batch is a mapping of the `data.PackedBatch` arrays (tokens, positions, segment_ids, roles,
 targets, chosen_mask, rejected_mask, pair_ids; all [B, T]); the number of pair slots P is the
 static `num_pairs`. Only response tokens reach the LM head: the persona prompt, most of a row,
-costs the decoder and nothing else.
+costs the decoder and nothing else. A policy whose adapters cover only the top layers shares the
+layers below with its reference: `trunk_states` runs them once, and `hidden_states(..., trunk=)`
+runs only the layers above.
 
 On a mesh (`jax.set_mesh`, with the logical rules of `models/sharding.py` in effect) the LM head runs
 where its tokens live: inside `shard_map` over the mesh axes of `activation_batch` (data x fsdp),
@@ -78,18 +80,37 @@ def soft_prompt_embeddings(params: dict, config: llama.LlamaConfig, batch: Mappi
 
 
 def hidden_states(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array],
-                  soft_tokens: chex.Array | None = None) -> chex.Array:
+                  soft_tokens: chex.Array | None = None, *, trunk: chex.Array | None = None,
+                  trunk_layers: int = 0) -> chex.Array:
     """The decoder's final hidden states [B, T, D] of a packed batch (its positions, segments and
-    roles; soft tokens in its `soft_slots` when given, `soft_prompt_embeddings`)."""
+    roles; soft tokens in its `soft_slots` when given, `soft_prompt_embeddings`). With `trunk`
+    (`trunk_states` of the first `trunk_layers` layers) only the layers above it run."""
+    if trunk is not None:
+        if soft_tokens is not None:
+            raise ValueError("hidden_states: soft tokens enter below the trunk; give one or the other")
+        top, top_config = llama.layer_slice(params, config, trunk_layers, config.num_layers)
+        return _decoder(top, top_config, batch, input_embeddings=trunk)
     embeddings = None if soft_tokens is None else soft_prompt_embeddings(params, config, batch, soft_tokens)
+    return _decoder(params, config, batch, input_embeddings=embeddings)
+
+
+def trunk_states(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array], layers: int) -> chex.Array:
+    """The residual stream [B, T, D] after the first `layers` decoder layers (not normed): what a
+    policy whose adapters sit above them shares with its reference, computed once for both."""
+    below, below_config = llama.layer_slice(params, config, 0, layers)
+    return _decoder(below, below_config, batch, final_norm=False)
+
+
+def _decoder(params, config, batch, *, input_embeddings=None, final_norm=True):
     return llama.forward(params, batch["tokens"], config, positions=batch["positions"],
                          segment_ids=batch["segment_ids"], roles=batch["roles"], return_hidden=True,
-                         input_embeddings=embeddings)
+                         input_embeddings=input_embeddings, final_norm=final_norm)
 
 
 def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, chex.Array], *, num_pairs: int,
                   scored_length: int, differentiable: bool = True, kernel_impl: str = "auto",
-                  soft_tokens: chex.Array | None = None) -> PairLogprobs:
+                  soft_tokens: chex.Array | None = None, trunk: chex.Array | None = None,
+                  trunk_layers: int = 0) -> PairLogprobs:
     """Per-pair summed log-probs of the chosen and rejected responses of a packed batch.
 
     Args:
@@ -102,9 +123,11 @@ def pair_logprobs(params: dict, config: llama.LlamaConfig, batch: Mapping[str, c
       kernel_impl: `kernels.token_logprobs`'s impl.
       soft_tokens: optional [P, K, D] soft prompt tokens put into the batch's `soft_slots`
         (`soft_prompt_embeddings`); None scores the slot tokens' own embeddings.
+      trunk, trunk_layers: the batch's `trunk_states` of the first `trunk_layers` layers (of these
+        params or of others that share those layers); only the layers above run.
     """
     chex.assert_rank(batch["tokens"], 2)
-    hidden = hidden_states(params, config, batch, soft_tokens)
+    hidden = hidden_states(params, config, batch, soft_tokens, trunk=trunk, trunk_layers=trunk_layers)
     if not differentiable:
         hidden = jax.lax.stop_gradient(hidden)
     w = llama.lm_head_weight(params, config).astype(hidden.dtype)

@@ -41,7 +41,8 @@ def dense_reference(batch, params, config):
 def score(batch, params, config, **kw):
     arrays = {k: jnp.asarray(v) for k, v in batch.as_dict().items()}
     length = kernels.bucket_length(scoring.scored_token_count(batch.as_dict()), (16, 32, 64, 128))
-    fn = jax.jit(scoring.pair_logprobs, static_argnames=("config", "num_pairs", "scored_length", "differentiable"))
+    fn = jax.jit(scoring.pair_logprobs, static_argnames=("config", "num_pairs", "scored_length", "differentiable",
+                                                        "trunk_layers"))
     return fn(params, config, arrays, num_pairs=len(batch.pair_valid), scored_length=length, **kw)
 
 
@@ -76,3 +77,18 @@ def test_forward_only_scoring_has_the_same_values_and_no_gradient(model, pairs):
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(frozen_grads))
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["embed"]["embedding"]).max()) > 0
+
+
+def test_scoring_above_a_trunk_equals_the_whole_model(model, pairs):
+    """The first layer's output (`trunk_states`) fed to the layers above gives the whole model's
+    scores, bit for bit up to float reassociation; and `layer_slice` refuses a non-slice."""
+    config, params = model
+    batch = data.pack_rows([pairs[:3], pairs[3:]], seq_len=72, num_pair_slots=5)
+    arrays = {k: jnp.asarray(v) for k, v in batch.as_dict().items()}
+    trunk = scoring.trunk_states(params, config, arrays, 1)
+    assert trunk.shape == (2, 72, config.hidden_size)
+    whole, above = score(batch, params, config), score(batch, params, config, trunk=trunk, trunk_layers=1)
+    np.testing.assert_allclose(np.asarray(above.chosen), np.asarray(whole.chosen), atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(above.rejected), np.asarray(whole.rejected), atol=1e-5, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[1, 1\) is not a slice of 2 layers"):
+        llama.layer_slice(params, config, 1, 1)
