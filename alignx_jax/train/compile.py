@@ -420,8 +420,10 @@ def model_flops(config: config_lib.TrainConfig, model: llama.LlamaConfig) -> flo
     the reference forward (frozen / LoRA base), every micro-batch full, the largest scored bucket."""
     a, rows, t = config.optimizer.accumulation, config.data.rows, config.data.seq_lengths[-1]
     scored = train_data.scored_buckets(config.data.scored_buckets, rows * t)[-1]
+    trunk = lora.trunk_layers(config.lora if config.reference == "lora" else None, model.num_layers)
     return a * metrics.step_flops(model, tokens=rows * t, scored_tokens=scored, seq_len=t,
-                                  reference_forward=config.reference != "precomputed", remat=model.remat)
+                                  reference_forward=config.reference != "precomputed", remat=model.remat,
+                                  trunk_layers=trunk)
 
 
 def attention_flops(config: config_lib.TrainConfig, model: llama.LlamaConfig) -> float:

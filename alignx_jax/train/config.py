@@ -106,6 +106,10 @@ class LoraConfig:
     rank: int = 16
     alpha: float = 32.0
     targets: tuple[str, ...] = LORA_TARGETS
+    # Adapters on the top `layers` decoder layers only (None: all). The layers below stay the base
+    # model's, so the policy and its reference share their output: one forward of them serves both,
+    # and no gradient flows through them (train/step.py).
+    layers: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +230,7 @@ def _check_ranges(c: TrainConfig) -> None:
     _positive(c.optimizer.accumulation, "optimizer.accumulation")
     _positive(c.optimizer.warmup_steps, "optimizer.warmup_steps", 0)
     _positive(c.lora.rank, "lora.rank")
+    _positive(c.lora.layers, "lora.layers")
     _positive(c.eval.rows, "eval.rows")
     for name, users in (("data.synthetic", c.data.synthetic), ("data.heldout_synthetic", c.data.heldout_synthetic)):
         _positive(users.users, f"{name}.users", 0)

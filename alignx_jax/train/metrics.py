@@ -3,7 +3,8 @@
 MFU = model FLOPs of the step / (step time * devices * peak FLOP/s per device). Model FLOPs count
 the policy forward + backward (3x a forward), the reference forward when it runs in the step, the
 attention's score and value products at the rows' nominal causal context (T/2 per token), and the
-LM head on scored tokens only (what the fused kernel computes). Peak FLOP/s: the bf16 dense peak of
+LM head on scored tokens only (what the fused kernel computes). With a trunk shared by policy and
+reference (LoRA on the top layers), the layers below run once, forward only. Peak FLOP/s: the bf16 dense peak of
 known accelerators; on CPU the measured rate of a large float32 matmul on this machine.
 """
 from __future__ import annotations
@@ -32,15 +33,18 @@ def decoder_matmul_params(config: llama.LlamaConfig) -> int:
 
 
 def step_flops(config: llama.LlamaConfig, *, tokens: float, scored_tokens: float, seq_len: int,
-               reference_forward: bool, remat: bool = False) -> float:
+               reference_forward: bool, remat: bool = False, trunk_layers: int = 0) -> float:
     """Model FLOPs of one training step (module docstring); `tokens` counts non-padding tokens.
     `remat` adds the decoder's recomputed forward (the LM head's kernel recomputes its own tiles in
-    the backward, which the 3x already counts)."""
+    the backward, which the 3x already counts). `trunk_layers`: decoder layers below the adapters,
+    run once without a backward (`StepSpec.trunk_layers`)."""
     per_token = 2 * decoder_matmul_params(config)
     per_token += 4 * config.num_layers * config.num_heads * config.resolved_head_dim * (seq_len / 2)
+    trunk = per_token * tokens * trunk_layers / config.num_layers
+    top = per_token * tokens - trunk
     head = 2 * config.hidden_size * config.vocab_size
-    forward = per_token * tokens + head * scored_tokens
-    return forward * (4 if reference_forward else 3) + (per_token * tokens if remat else 0.0)
+    forward = top + head * scored_tokens
+    return trunk + forward * (4 if reference_forward else 3) + (top if remat else 0.0)
 
 
 _CPU_PEAK: float | None = None

@@ -6,6 +6,11 @@
                  | batch["ref_chosen"], batch["ref_rejected"]     (precomputed, from the cache)
     loss = sum over valid pairs of loss_fn(pi_w, pi_l, ref_w, ref_l) / number of valid pairs
 
+LoRA on the top K layers only (`lora.layers`): the N - K layers below are the base model's in
+both, so their output is computed once (`scoring.trunk_states`) and both scorings run only the top
+K layers from it; the gradient stops at the trunk. Per micro-batch that is N - K + 4K layer
+passes (trunk, policy and reference tops, the top's backward) instead of 4N.
+
 The batch carries a leading micro-batch axis [A, ...]: gradients of the A micro-batches are summed
 inside the step (`lax.scan`) and divided by the valid pairs of all of them, so accumulation gives
 the same update as one big batch. Hyper-parameters are bound with `functools.partial` (`StepSpec`),
@@ -58,6 +63,13 @@ class StepSpec:
     bridge: Any = None
 
     @property
+    def trunk_layers(self) -> int:
+        """Decoder layers below the LoRA adapters, run once for policy and reference (0: none shared)."""
+        if self.reference != "lora" or self.bridge is not None:  # soft tokens enter below: nothing shared
+            return 0
+        return lora.trunk_layers(self.lora, self.model.num_layers)
+
+    @property
     def passes_token_counts(self) -> bool:
         params = inspect.signature(self.loss_fn).parameters
         return "chosen_tokens" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -77,9 +89,12 @@ def _micro_loss(trainable, state: TrainState, micro: Mapping[str, jax.Array], sp
     if spec.bridge is not None:
         trainable, bridge_params = trainable
     policy = lora.merge(state.frozen, trainable, spec.lora) if spec.reference == "lora" else trainable
+    below = spec.trunk_layers
+    trunk = scoring.trunk_states(state.frozen, spec.model, micro, below) if below else None
     score = lambda params, differentiable, soft=None: scoring.pair_logprobs(  # noqa: E731
         params, spec.model, micro, num_pairs=spec.num_pairs, scored_length=spec.scored_length,
-        differentiable=differentiable, kernel_impl=spec.kernel_impl, soft_tokens=soft)
+        differentiable=differentiable, kernel_impl=spec.kernel_impl, soft_tokens=soft, trunk=trunk,
+        trunk_layers=below)
     pi = score(policy, True, None if spec.bridge is None else spec.bridge.soft_tokens(bridge_params, micro))
     if spec.reference == "precomputed":
         ref_chosen, ref_rejected = micro["ref_chosen"], micro["ref_rejected"]

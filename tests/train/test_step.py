@@ -124,6 +124,29 @@ def test_lora_starts_at_the_base_and_trains_only_the_adapters(params, synthetic_
     np.testing.assert_allclose(delta, np.einsum("lir,lro->lio", a, b).reshape(delta.shape) * 2.0, atol=1e-7)
 
 
+def test_lora_on_the_top_layers_shares_the_trunk_and_equals_the_definition(params, synthetic_batches):
+    """Adapters on the top layer only: the step runs the bottom layer once for policy and reference,
+    and its loss and adapter gradients are the full model's (merged policy vs base reference)."""
+    config = LoraConfig(rank=4, alpha=8.0, layers=1)
+    adapters = lora.init_adapters(params, config, jax.random.key(1))
+    assert adapters["q_proj"]["a"].shape[0] == 1 and adapters["down_proj"]["b"].shape[0] == 1
+    adapters = jax.tree.map(lambda x: x + 0.01, adapters)  # B != 0: the policy has left the base
+    merged = lora.merge(params, adapters, config)
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[:1], merged["layers"]),  # the bottom layer is the base's
+                                jax.tree.map(lambda x: x[:1], params["layers"]))
+    batch = synthetic_batches[2]
+    spec = spec_for([batch], reference="lora", lora_config=config)
+    assert spec.trunk_layers == 1
+    optimizer = optax.sgd(1.0)
+    state = TrainState(step=jnp.int32(0), params=adapters, opt_state=optimizer.init(adapters), frozen=params)
+    new_state, metrics = run_step(state, [batch], spec, optimizer)
+    definition = lambda a: reference_loss(lora.merge(params, a, config), params, batch, spec)  # noqa: E731
+    want_loss, want_grads = jax.jit(jax.value_and_grad(definition))(adapters)
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
+    got_grads = jax.tree.map(lambda new, old: old - new, new_state.params, adapters)
+    chex.assert_trees_all_close(got_grads, want_grads, atol=5e-5, rtol=1e-3)
+
+
 def registry_loss(params, ref_params, batch, spec):
     """The definition for any registry loss: its per-pair values on pair_logprobs (with token counts
     when it takes them), the mean over valid pairs."""
