@@ -2,7 +2,9 @@
 
 The reference never changes during a run, so its held-out log-probs are computed once, before the
 first step (with the few-shot persona prompt, the official reference); each evaluation then runs
-only the policy. The scoring is `evaluation.PairScorer` on the run's mesh (the service `alignx eval`
+only the policy. With LoRA on the top K layers (`lora.layers`), the output of the base layers below
+is kept from that first pass (`PairScorer.trunk`, up to `TRUNK_CACHE_BYTES` per device), so each
+evaluation runs only the top K layers. The scoring is `evaluation.PairScorer` on the run's mesh (the service `alignx eval`
 uses): every process packs the same held-out batches and feeds its slice of the rows, so the same
 code serves one device, a mesh and several hosts. Scores are summarized per persona by
 `evaluation.summarize` (worst persona beside the mean).
@@ -26,6 +28,7 @@ from alignx_jax.train.step import TrainState, policy_params
 
 # score(batches, num_records) -> (chosen, rejected) per record: `PairScorer.score_records` with params bound
 Score = Callable[[Sequence[Mapping[str, np.ndarray]], int], tuple[np.ndarray, np.ndarray]]
+TRUNK_CACHE_BYTES = 2**30  # per device: the held-out trunk states kept between evaluations, at most
 
 
 @dataclasses.dataclass
@@ -42,6 +45,9 @@ class HeldOut:
     ref_rejected: np.ndarray | None = None
     start_chosen: np.ndarray | None = None  # the start model as the policy (the "before" view)
     start_rejected: np.ndarray | None = None
+    trunks: list | None = None  # per policy batch, the base layers' output below the adapters (kept on the mesh)
+    trunk_layers: int = 0
+    policy_share: float = 1.0  # a policy evaluation's cost as a share of the first pass (the whole model)
 
 
 def _pack(records, tokenizer, fmt: data.PromptFormat, packing: data.PackingConfig, seed: int,
@@ -107,11 +113,30 @@ def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarra
     return out
 
 
-def scores(run, params, soft_tokens: np.ndarray | None = None) -> Score:
+def scores(run, params, soft_tokens: np.ndarray | None = None, held: HeldOut | None = None) -> Score:
     """`Score` of `params` (the run's model) on the run's mesh; soft_tokens [records, K, D]: a bridge
-    run's policy, each pair's looked up by its record (None: the slots' placeholder tokens)."""
-    return lambda batches, num_records: run.scorer.score_records(params, run.model, batches, num_records,
-                                                                  soft_tokens=soft_tokens)
+    run's policy, each pair's looked up by its record (None: the slots' placeholder tokens). With
+    `held`, its kept trunks serve its policy batches (only the layers above them run)."""
+    def score(batches, num_records):
+        trunks = held.trunks if held is not None and batches is held.policy_batches else None
+        return run.scorer.score_records(params, run.model, batches, num_records, soft_tokens=soft_tokens,
+                                        trunks=trunks, trunk_layers=held.trunk_layers if trunks else 0)
+    return score
+
+
+def _keep_trunks(run, held: HeldOut, base_params) -> None:
+    """Keep the held-out policy batches' trunk states (the base layers below the LoRA adapters) when
+    the run shares a trunk and they fit `TRUNK_CACHE_BYTES` per device."""
+    below = run.spec.trunk_layers
+    if not below:
+        return
+    shards = run.scorer.row_multiple
+    itemsize = np.dtype(run.model.dtype).itemsize
+    size = sum(b["tokens"].size for b in held.policy_batches) * run.model.hidden_size * itemsize / shards
+    if size > TRUNK_CACHE_BYTES:
+        return
+    held.trunks = [run.scorer.trunk(base_params, run.model, b, layers=below) for b in held.policy_batches]
+    held.trunk_layers, held.policy_share = below, 1.0 - below / run.model.num_layers
 
 
 def begin(run, state: TrainState) -> HeldOut:
@@ -120,7 +145,9 @@ def begin(run, state: TrainState) -> HeldOut:
     config = run.config
     held = prepare(run.splits.heldout, tokenizer=run.tokenizer, data_config=config.data, eval_config=config.eval,
                    seed=config.seed, policy_format=bridge_train.heldout_format(run.bridge))
-    reference_score = scores(run, state.frozen if state.frozen is not None else run.start_params())
+    reference = state.frozen if state.frozen is not None else run.start_params()
+    _keep_trunks(run, held, reference)
+    reference_score = scores(run, reference, held=held)
     # The "before" figures are the start model's; after an LM warm-up the reference is not it.
     start_score = scores(run, run.start_params()) if config.lm_warmup.steps > 0 else None
     score_start(held, reference_score, start_score)
@@ -132,7 +159,7 @@ def begin(run, state: TrainState) -> HeldOut:
 def policy_rows(run, held: HeldOut, state: TrainState) -> list[dict]:
     """Score rows (the keys of `alignx eval`'s scores.jsonl) of the held-out records under the policy."""
     soft = None if run.bridge is None else bridge_lib.records_soft_tokens(run.bridge, state.bridge, held.records)
-    chosen, rejected = scores(run, policy_params(state, run.spec), soft)(held.policy_batches, len(held.records))
+    chosen, rejected = scores(run, policy_params(state, run.spec), soft, held)(held.policy_batches, len(held.records))
     return rows(held, chosen, rejected)
 
 

@@ -59,7 +59,8 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
     reference = reference_cache.precompute(run, reporter.message) if config.reference == "precomputed" else None
     tick = time.perf_counter()
     held = heldout_lib.begin(run, state) if run.splits.heldout else None
-    finish_seconds = time.perf_counter() - tick  # the final pass scores the policy once: no longer than this
+    # The final pass scores the policy once: the first pass's time, or its share above a kept trunk.
+    finish_seconds = (time.perf_counter() - tick) * (held.policy_share if held is not None else 1.0)
     state, last_row, eval_rows, preempted = _steps(run, state, iterator, checkpoints, reference, held, reporter,
                                                    deadline=deadline, finish_seconds=finish_seconds)
     checkpoints.close()
@@ -128,7 +129,8 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
             seconds = time.perf_counter() - tick
             flops = metrics.step_flops(run.model, tokens=float(step_metrics["tokens"]),
                                        scored_tokens=float(step_metrics["scored_tokens"]), seq_len=shape[0][-1],
-                                       reference_forward=config.reference != "precomputed")
+                                       reference_forward=config.reference != "precomputed",
+                                       trunk_layers=run.spec.trunk_layers)
             row = {"step": step + 1, **{k: float(v) for k, v in step_metrics.items()}, "seconds": seconds,
                    "pairs_per_s": float(step_metrics["pairs"]) / seconds,
                    "tokens_per_s": float(step_metrics["tokens"]) / seconds, "mfu": flops / seconds / peak,

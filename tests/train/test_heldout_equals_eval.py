@@ -2,7 +2,9 @@
 the run's `heldout.json` (the policy: out_dir/model; the reference: the start model), per record and
 per persona. Both score through `evaluation.PairScorer` with the same prompts (the official
 evaluation layout, every history item, the same token budget: 2048 holds every held-out persona
-whole), so they may differ only by float summation order."""
+whole), so they may differ only by float summation order. With LoRA on the top layer only, the
+trainer scores its policy above the base layer's kept output (`PairScorer.trunk`), and `alignx eval`
+runs the exported merged model whole: the same figures again."""
 import json
 
 import numpy as np
@@ -11,14 +13,18 @@ import pytest
 from alignx_jax import cli, evaluation, interop
 from alignx_jax.train import config_from_dict, train
 
-MODEL = {"preset": "tiny", "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64,
-                                        "num_layers": 1}}
+MODEL = {"preset": "tiny", "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64}}
+FINE_TUNING = {"full": {"num_layers": 1, "keys": {}},
+               "lora_top_layer": {"num_layers": 2, "keys": {"reference": "lora", "lora": {"rank": 4, "layers": 1},
+                                                            "optimizer": {"lr": 3e-2, "warmup_steps": 1}}}}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(FINE_TUNING))
+def trained(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("heldout_eval")
-    params, config = interop.load_model(interop.RANDOM, seed=3, **MODEL)
+    tuning = FINE_TUNING[request.param]
+    model = dict(MODEL, overrides=dict(MODEL["overrides"], num_layers=tuning["num_layers"]))
+    params, config = interop.load_model(interop.RANDOM, seed=3, **model)
     start = root / "start"
     interop.save_native(params, config, start, tokenizer=interop.load_tokenizer(interop.EMBEDDED_ALIAS))
     out = root / "run"
@@ -28,7 +34,7 @@ def trained(tmp_path_factory):
                  "heldout_synthetic": {"users": 4, "records_per_user": 3, "history_items": 2},
                  "rows": 4, "seq_lengths": [2048], "max_pairs_per_row": 1},
         "optimizer": {"lr": 3e-3, "warmup_steps": 1},
-        "eval": {"layout": "evaluation", "history": "full"},
+        "eval": {"layout": "evaluation", "history": "full"}, **tuning["keys"],
     }))
     return root, start, out, summary
 
