@@ -1,11 +1,13 @@
 """Bad input to any `alignx` subcommand: one line `alignx: error: ...` on stderr, exit 2, no traceback,
 nothing left behind (issue 17).
 
-The cases run the installed entry point (`.venv/bin/alignx`) as a user would, each in its own
-folder of tiny bad inputs; they start together, a few at a time, since each spends ~1 s importing.
+The cases run `alignx_jax.cli.main` in one child process (the entry point's own function; the
+installed script itself runs in the `--debug` tests below), each in its own folder of tiny bad
+inputs, with the process's stdout and stderr file descriptors captured per case, so a line that a
+library prints outside Python's `sys.stderr` counts too. One process instead of one per case: the
+53 imports of JAX cost 2 minutes on 2 cores.
 """
 import argparse
-import concurrent.futures
 import json
 import os
 import pathlib
@@ -150,12 +152,52 @@ def _run(args, cwd, **env):
     return subprocess.run([str(ALIGNX), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=300)
 
 
+# Runs [(args, folder), ...] from argv[1] through cli.main, one after another, and writes
+# [(returncode, stdout, stderr), ...] as JSON to the file argv[2].
+_CASE_RUNNER = """
+import json, os, sys, tempfile
+from alignx_jax import cli
+results = []
+for args, folder in json.loads(sys.argv[1]):
+    os.chdir(folder)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            code = cli.main(args)
+        except SystemExit as exit:
+            code = exit.code
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode())
+    results.append((code, *texts))
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def _run_cases(cases: dict, folders: dict) -> dict:
+    """name -> CompletedProcess-like (returncode, stdout, stderr) of each case, all in one process."""
+    names = list(cases)
+    work = json.dumps([(cases[name][0], str(folders[name])) for name in names])
+    results = folders[names[0]].parent / "case_results.json"
+    process = subprocess.run([sys.executable, "-c", _CASE_RUNNER, work, str(results)], env=_env(), capture_output=True,
+                             text=True, timeout=600, cwd=folders[names[0]])
+    assert process.returncode == 0, process.stderr
+    return {name: subprocess.CompletedProcess(cases[name][0], code, out, err)
+            for name, (code, out, err) in zip(names, json.loads(results.read_text()))}
+
+
 SPELLS_OFFICIAL_LABELS = {"generate-unknown-preference", "generate-preference-setting"}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """id -> (completed process, files before, files after) for every case, run a few at a time."""
+    """id -> (completed process, files before, files after) for every case."""
     if not ALIGNX.is_file():
         pytest.skip(f"no installed entry point at {ALIGNX} (pip install -e . first)")
     folders = {}
@@ -163,9 +205,7 @@ def results(tmp_path_factory):
         folders[name] = tmp_path_factory.mktemp(name)
         _write_inputs(folders[name])
     before = {name: _tree(folder) for name, folder in folders.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        futures = {name: pool.submit(_run, CASES[name][0], folders[name]) for name in CASES}
-        done = {name: future.result() for name, future in futures.items()}
+    done = _run_cases(CASES, folders)
     return {name: (done[name], before[name], _tree(folders[name])) for name in CASES}
 
 

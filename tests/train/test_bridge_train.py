@@ -100,7 +100,8 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("conditioning", ["soft", "text"])
+# The text profile run re-checks the loop the soft run drives: in the slow set (~15 s).
+@pytest.mark.parametrize("conditioning", ["soft", pytest.param("text", marks=pytest.mark.slow)])
 def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     bridge_section = {**TINY["bridge"], "conditioning": conditioning, "joint": conditioning == "soft"}
     out = tmp_path / "run"

@@ -19,7 +19,8 @@ FINE_TUNING = {"full": {"num_layers": 1, "keys": {}},
                                                             "optimizer": {"lr": 3e-2, "warmup_steps": 1}}}}
 
 
-@pytest.fixture(scope="module", params=sorted(FINE_TUNING))
+# Full fine-tuning re-checks the same scoring path without the trunk cache: in the slow set (~40 s).
+@pytest.fixture(scope="module", params=[pytest.param("full", marks=pytest.mark.slow), "lora_top_layer"])
 def trained(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("heldout_eval")
     tuning = FINE_TUNING[request.param]

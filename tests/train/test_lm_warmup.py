@@ -109,6 +109,7 @@ def held_out_scores(out):
     return [json.loads(line) for line in (out / "heldout_scores.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # two whole runs (~75 s); the warm-up step and its loss stay in the default set
 def test_the_warmed_model_is_the_reference_and_a_resumed_run_keeps_it(tmp_path, recorder):
     out = tmp_path / "run"
     train(config_from_dict({**TINY, "out_dir": str(out)}))

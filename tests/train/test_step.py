@@ -160,7 +160,10 @@ def registry_loss(params, ref_params, batch, spec):
     return jnp.sum(jnp.where(valid, per_pair, 0)) / jnp.sum(valid)
 
 
-@pytest.mark.parametrize("loss, hparams", [("ipo", (("beta", 0.1),)), ("simpo", (("beta", 2.0), ("simpo_gamma", 0.5)))])
+# SimPO (the token counts) in the slow set: one more compiled step (~25 s) on the path IPO already checks.
+@pytest.mark.parametrize("loss, hparams", [("ipo", (("beta", 0.1),)),
+                                           pytest.param("simpo", (("beta", 2.0), ("simpo_gamma", 0.5)),
+                                                        marks=pytest.mark.slow)])
 def test_other_registry_losses_run_in_the_step(params, synthetic_batches, loss, hparams):
     """The step's loss is the registry loss of the batch's log-probs (SimPO reads the token counts),
     and its update is minus that loss's gradient."""
