@@ -67,9 +67,11 @@ def _out_dir(path: str) -> pathlib.Path:
 
 
 def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib.Path | None):
-    """One pair per 640-token row (one history item of each kind), 4 pairs per step, LoRA, one compiled
-    step shape; at most `steps` steps at a constant rate from the first (LoRA starts as the base model),
-    so that a run the time budget stops early is not left mid-schedule. Held out: 4 synthetic users
+    """One pair per 640-token row (one history item of each kind), 4 pairs per step, LoRA on the top 6
+    of the 30 layers (the 24 below run once per step, forward only, for policy and reference alike,
+    and once for the held-out policy batches), one compiled step shape; at most `steps` steps at a
+    constant rate from the first (LoRA starts as the base model), so that a run the time budget stops
+    early is not left mid-schedule. Held out: 4 synthetic users
     (2 mirror pairs) x 10 records and 6 P-Soups records per persona. The loss is DPO plus the chosen
     response's NLL (`rpo`), so the policy also learns to answer in the user's style rather than echo
     the history."""
@@ -83,7 +85,7 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
                  "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
                  "scored_buckets": [512, 1024]},
         "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
-        "lora": {"rank": 16, "alpha": 32}, "optimizer": {"lr": 1.5e-3, "warmup_steps": 0, "schedule": "constant"},
+        "lora": {"rank": 16, "alpha": 32, "layers": 6}, "optimizer": {"lr": 5e-3, "warmup_steps": 0, "schedule": "constant"},
         "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
     })
 
