@@ -34,6 +34,12 @@ def absolute(directory: str | pathlib.Path):
     return pathlib.Path(directory).absolute()
 
 
+def of_run(config) -> Checkpoints:
+    """A run's checkpoints: `config.checkpoint_dir` as written (a `gs://` URL reaches orbax unchanged),
+    else `out_dir/checkpoints`."""
+    return Checkpoints(config.checkpoint_dir or pathlib.Path(config.out_dir) / "checkpoints", keep=config.keep_checkpoints)
+
+
 @dataclasses.dataclass
 class Restored:
     step: int

@@ -55,7 +55,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
     started = time.perf_counter()
     run = setup(config, reporter)
     iterator = iter(run.batches())
-    checkpoints = ckpt.Checkpoints(run.out_dir / "checkpoints", keep=config.keep_checkpoints)
+    checkpoints = ckpt.of_run(config)
     state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
     reference = reference_cache.precompute(run, reporter.message) if config.reference == "precomputed" else None
     tick = time.perf_counter()
