@@ -4,7 +4,9 @@ Each holds `state` (step, trained params, optimizer state), `data` (each process
 state, grain's own orbax handler) and `meta` (the seed, so the per-step RNG `fold_in(key(seed),
 step)` continues). The frozen reference / LoRA base is not saved: it is the start model, reloaded.
 Restoring tries the latest step first; a step that fails to restore (truncated or corrupt files) is
-reported by name, moved aside to `<step>.corrupt`, and the previous one is used.
+reported by name, moved aside to `<step>.corrupt`, and the previous one is used. With several processes
+a step counts as restored only when every process restored its part, so all of them resume from
+the same step.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from alignx_jax.errors import InputError, cause
+from alignx_jax.train import hosts
 
 
 def absolute(directory: str | pathlib.Path):
@@ -29,6 +32,12 @@ def absolute(directory: str | pathlib.Path):
 
         return epath.Path(text)
     return pathlib.Path(directory).absolute()
+
+
+def of_run(config) -> Checkpoints:
+    """A run's checkpoints: `config.checkpoint_dir` as written (a `gs://` URL reaches orbax unchanged),
+    else `out_dir/checkpoints`."""
+    return Checkpoints(config.checkpoint_dir or pathlib.Path(config.out_dir) / "checkpoints", keep=config.keep_checkpoints)
 
 
 @dataclasses.dataclass
@@ -67,17 +76,20 @@ class Checkpoints:
         skipped = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             path = self.directory / str(step)
+            problem = None
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator),
-                    meta=ocp.args.JsonRestore()))
+                restored = _read_step(path, abstract_state, iterator)
             except Exception as error:  # orbax/tensorstore/json raise many types for damaged files
-                message = f"checkpoint {path} is corrupt or incomplete ({cause(error)}); trying the previous one"
-                warn(message)
-                skipped.append(message)
-                self._set_aside(path)
-                continue
-            return Restored(step, restored["state"], restored["meta"], skipped)
+                problem = cause(error)
+            # Each process reads its own shards and its own data state: a step is used only when every
+            # process restored it, else all of them pass it over together (and agree on the one they use).
+            if hosts.all_processes(problem is None):
+                return Restored(step, restored["state"], restored["meta"], skipped)
+            message = (f"checkpoint {path} is corrupt or incomplete "
+                       f"({problem or 'another process could not restore its part'}); trying the previous one")
+            warn(message)
+            skipped.append(message)
+            self._set_aside(path)
         if skipped:
             raise InputError(f"no checkpoint under {self.directory} restores: " + "; ".join(skipped))
         return None
@@ -90,11 +102,27 @@ class Checkpoints:
                 target = path.with_name(f"{path.name}.corrupt{index}")
                 index += 1
             path.rename(target)
+        hosts.barrier(f"alignx_checkpoint_set_aside_{path.name}")  # moved before anyone lists the steps again
         self._manager.reload()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _read_step(path, abstract_state: dict, iterator: grain.DatasetIterator) -> dict:
+    """One checkpoint's items (`path/state`, `path/data`, `path/meta`, as the manager wrote them), read
+    by their orbax handlers directly. Unlike `CheckpointManager.restore` this holds no barrier across
+    processes: a process that fails here does not leave the others waiting in orbax's barrier while
+    it waits in the agreement (`hosts.all_processes`), which aborted the run."""
+    state_handler = ocp.StandardCheckpointHandler()
+    try:
+        state = state_handler.restore(path / "state", args=ocp.args.StandardRestore(abstract_state))
+    finally:
+        state_handler.close()
+    grain.checkpoint.CheckpointHandler().restore(path / "data", args=grain.checkpoint.CheckpointRestore(iterator))
+    meta = ocp.JsonCheckpointHandler().restore(path / "meta", args=ocp.args.JsonRestore())
+    return {"state": state, "meta": meta}
 
 
 def saved_state(state: Any, *, with_frozen: bool = False) -> dict:

@@ -201,6 +201,7 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     distributed: DistributedConfig = DistributedConfig()
     checkpoint_every: int = 100
+    checkpoint_dir: str | None = None  # default: out_dir/checkpoints; may be a URL (gs://bucket/run), given to orbax as is
     keep_checkpoints: int = 3
     eval_every: int = 0  # 0 = only at the end
     eval: EvalConfig = EvalConfig()
@@ -220,6 +221,9 @@ def _positive(value, key, minimum=1):
 
 
 def _check_ranges(c: TrainConfig) -> None:
+    if "://" in c.out_dir:  # metrics, summary and model/ are written with local file calls
+        raise ConfigError(f"config key 'out_dir' must be a local folder, got {c.out_dir!r}; put the checkpoints in "
+                          f"a bucket with checkpoint_dir: {c.out_dir.rstrip('/')}/checkpoints")
     _positive(c.steps, "steps")
     _positive(c.checkpoint_every, "checkpoint_every")
     _positive(c.keep_checkpoints, "keep_checkpoints")

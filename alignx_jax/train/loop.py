@@ -3,11 +3,12 @@
     train(config, reporter) -> summary
 
 Outputs under `out_dir`: config.yaml, heldout.json (the held-out records), metrics.jsonl (one row
-per step), tensorboard/, checkpoints/<step>/, summary.json, heldout_scores.jsonl (per held-out
+per step), tensorboard/, checkpoints/<step>/ (or under `checkpoint_dir`), summary.json, heldout_scores.jsonl (per held-out
 record: the policy's, the reference's and the start model's log-probs), model/ (our folder format, LoRA merged;
 `alignx convert jax-to-hf` reads it) and, with export_hf, hf/. A rerun of the same config resumes from the newest
 checkpoint that restores and continues the same loss curve; SIGTERM (preemption) saves a final
-checkpoint and returns. The `reporter` receives progress (the CLI draws it); nothing here prints.
+checkpoint and returns; with several processes, SIGTERM to any one of them stops all of them at the same
+step, and all save it. The `reporter` receives progress (the CLI draws it); nothing here prints.
 
 Where the pieces live: set-up `train/setup.py`, the model source and the state `train/state.py`,
 the jitted step `train/step.py`, the LM warm-up `train/lm_warmup.py`, held-out scoring
@@ -34,7 +35,7 @@ from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train import checkpoint as ckpt
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
-from alignx_jax.train import export, lm_warmup, metrics, reference_cache
+from alignx_jax.train import export, hosts, lm_warmup, metrics, reference_cache
 from alignx_jax.train import heldout as heldout_lib
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.setup import Reporter, Run, SilentReporter, setup
@@ -54,7 +55,7 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
     started = time.perf_counter()
     run = setup(config, reporter)
     iterator = iter(run.batches())
-    checkpoints = ckpt.Checkpoints(run.out_dir / "checkpoints", keep=config.keep_checkpoints)
+    checkpoints = ckpt.of_run(config)
     state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
     reference = reference_cache.precompute(run, reporter.message) if config.reference == "precomputed" else None
     tick = time.perf_counter()
@@ -149,13 +150,15 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
             reporter.step(step + 1, row)
             if not row["compiled"]:
                 step_seconds = time.perf_counter() - iteration_start
+            # SIGTERM may reach one process only: all of them stop (and save) at the same step.
+            stop = hosts.any_process(flag["stop"])
             out_of_time = _past_deadline(deadline, (step_seconds or 0.0) + finish_seconds)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or flag["stop"] or out_of_time:
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stop or out_of_time:
                 checkpoints.save(step + 1, ckpt.saved_state(state, with_frozen=warmed), iterator, {"seed": config.seed})
             if out_of_time and step + 1 < config.steps:
                 reporter.message(f"time budget: stopping after step {step + 1} of {config.steps}")
-            if flag["stop"] or out_of_time:
-                preempted = flag["stop"] and step + 1 < config.steps
+            if stop or out_of_time:
+                preempted = stop and step + 1 < config.steps
                 break
     if writer is not None:
         writer.close()
@@ -176,7 +179,8 @@ def _past_deadline(deadline: float | None, seconds_needed: float) -> bool:
 
 @contextlib.contextmanager
 def _preemption_flag():
-    """A flag set by SIGTERM (a preemption notice); the loop checkpoints and stops at the next step."""
+    """A flag set by SIGTERM (a preemption notice); the loop checkpoints and stops at the next step
+    boundary, every process at the same one (`hosts.any_process`)."""
     flag = {"stop": False}
     previous = signal.getsignal(signal.SIGTERM)
 

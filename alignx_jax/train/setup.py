@@ -97,14 +97,17 @@ def _check_out_dir(config: config_lib.TrainConfig) -> pathlib.Path:
 
 
 def _check_config_matches(out_dir: pathlib.Path, config: config_lib.TrainConfig) -> None:
-    """A resumed run must be the same run: the saved config.yaml must equal this one (steps may grow)."""
+    """A resumed run must be the same run: the saved config.yaml must equal this one (steps may grow;
+    `distributed` may differ: it says where this process runs, process 1 reads the file process 0 wrote,
+    and a rescheduled job gets another coordinator address)."""
     saved_path = out_dir / "config.yaml"
     if not saved_path.exists():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
     saved.pop("progress", None)  # a key of older runs that nothing read
     current = config_lib.to_dict(config)
-    changed = sorted(k for k in set(saved) | set(current) if k != "steps" and saved.get(k) != current.get(k))
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in ("steps", "distributed") and saved.get(k) != current.get(k))
     if changed:
         raise InputError(f"{out_dir} holds a run with another config (keys {changed} differ): resume it with the "
                          f"same config, or choose a new out_dir")

@@ -1,0 +1,45 @@
+"""Agreement across processes: decisions that every process must take the same way.
+
+A multi-host run executes the same collectives in the same order on every process; a process that
+decides on its own (to stop, to skip a checkpoint) leaves the others waiting in a collective that
+never comes, and gloo aborts the whole run. Every decision that can differ between processes (a
+SIGTERM reaches one of them, one of them cannot read its part of a checkpoint) goes through here.
+
+    any_process(flag)   -> True on every process when it is True on at least one
+    all_processes(flag) -> True on every process when it is True on all of them
+    barrier(name)       -> returns once every process has reached it
+
+In one process each is the identity (no collective, no cost).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def _gathered(flag: bool) -> np.ndarray:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(np.asarray(flag, np.int32)))
+
+
+def any_process(flag: bool) -> bool:
+    """`flag` OR-ed over the processes (one small all-gather when there are several)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(_gathered(flag).any())
+
+
+def all_processes(flag: bool) -> bool:
+    """`flag` AND-ed over the processes (one small all-gather when there are several)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(_gathered(flag).all())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process has called `barrier(name)` (nothing in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
