@@ -1,6 +1,8 @@
 """Checkpoints across processes and places: a step that another process cannot restore is passed over
 here too (every process resumes from the same step), and a config's `gs://` checkpoint_dir reaches
 orbax as written. The two-process run of both is tests/train/test_multihost.py (slow)."""
+import pathlib
+
 import grain
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,8 @@ def test_a_gs_checkpoint_dir_of_a_config_reaches_orbax_unchanged(monkeypatch):
     checkpoints = ckpt.of_run(config)
     assert str(seen["directory"]) == "gs://bucket/run/checkpoints"
     assert str(checkpoints.directory / "7") == "gs://bucket/run/checkpoints/7"
+    local = ckpt.Checkpoints("runs/x/checkpoints", keep=1)  # a local folder is still made absolute
+    assert pathlib.Path(str(seen["directory"])).is_absolute() and str(local.directory).endswith("runs/x/checkpoints")
     ckpt.of_run(config_from_dict({"out_dir": "runs/x", "data": {"synthetic": {"users": 2}}}))
     assert str(seen["directory"]).endswith("/runs/x/checkpoints") and str(seen["directory"]).startswith("/")
 

@@ -96,23 +96,6 @@ def test_kernel_choices_are_config_keys_checked_before_anything_loads(key):
         config_from_dict({"data": {"synthetic": {"users": 2}}, "model": {key: "pallas"}})
 
 
-def test_a_gs_checkpoint_folder_reaches_orbax_unchanged(monkeypatch):
-    from alignx_jax.train import checkpoint as ckpt
-
-    seen = {}
-
-    class FakeManager:
-        def __init__(self, directory, **kwargs):
-            seen["directory"] = directory
-
-    monkeypatch.setattr(ckpt.ocp, "CheckpointManager", FakeManager)
-    checkpoints = ckpt.Checkpoints("gs://bucket/run/checkpoints", keep=1)
-    assert str(seen["directory"]) == "gs://bucket/run/checkpoints"
-    assert str(checkpoints.directory / "7") == "gs://bucket/run/checkpoints/7"
-    local = ckpt.Checkpoints("runs/x/checkpoints", keep=1)  # a local folder is still made absolute
-    assert pathlib.Path(str(seen["directory"])).is_absolute() and str(local.directory).endswith("runs/x/checkpoints")
-
-
 def _topologies_or_skip():
     pytest.importorskip("libtpu", reason="libtpu (pip install 'alignx_jax[tpu]') is not installed")
     from jax.experimental import topologies
