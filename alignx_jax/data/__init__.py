@@ -52,6 +52,7 @@ from alignx_jax.data._rendering import (
 from alignx_jax.data._sources import (
     RECORD_SUFFIXES,
     LoadReport,
+    RecordFile,
     hub_parquet_schema,
     iter_json_records,
     iter_parquet_records,
@@ -84,7 +85,7 @@ __all__ = [
     "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
-    "RECORD_SUFFIXES", "LoadReport", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
+    "RECORD_SUFFIXES", "LoadReport", "RecordFile", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
     "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
     "LENGTH_DIMENSION", "response_styles", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

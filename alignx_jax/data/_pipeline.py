@@ -161,7 +161,9 @@ def packed_batches(
     or `tfds_records(...)` over the TFDS array_record files).
 
     Host `shard_index` of `shard_count` (default: `jax.process_index()` of `jax.process_count()`)
-    reads every `shard_count`-th record of the shuffled order, so hosts see disjoint records.
+    reads the records at positions `shard_index`, `shard_index + shard_count`, ... (its share, the
+    same for every seed: `train.data.build_splits` reads only those) in its own shuffled order, so
+    hosts see disjoint records.
     `iter(dataset)` gives a checkpointable iterator; its `.stats` count every cut and drop.
     """
     if shard_index is None or shard_count is None:
@@ -171,10 +173,9 @@ def packed_batches(
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
     dataset = grain.MapDataset.source(records)
-    dataset = dataset.map_with_index(lambda index, record: (index, record))
+    dataset = dataset.map_with_index(lambda index, record: (index, record))[shard_index::shard_count]
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
-    dataset = dataset[shard_index::shard_count]
     if num_epochs != 1:
         dataset = dataset.repeat(num_epochs)
     encode = lambda item: encode_record(  # noqa: E731

@@ -13,9 +13,9 @@ import pathlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from alignx_jax.errors import InputError, MissingFileError, cause
+from alignx_jax.errors import InputError, MissingFileError, RecordError, cause
 from alignx_jax.preferences import (
-    DEMOGRAPHICS, DIRECTION, GROUND_TRUTH_PERSONA, PAIRS, UGC, RecordError, golden_profile, validate_record,
+    DEMOGRAPHICS, DIRECTION, GROUND_TRUTH_PERSONA, PAIRS, UGC, golden_profile, validate_record,
 )
 
 ON_ERROR = ("raise", "skip")
@@ -177,6 +177,94 @@ def load_records(
     report = LoadReport()
     records = list(iter_records(path, schema=schema, on_error=on_error, report=report))
     return records, report
+
+
+class RecordFile:
+    """A record file or parquet folder read only as far as asked: its length, each record's persona
+    key, and the records at chosen indices, validated as they are read (`build_splits` on several
+    hosts: each decodes only its share).
+
+    Parquet: `len` comes from the footers, `personas()` reads only the persona columns, `read` only
+    the row groups that hold the asked indices and decodes only those rows. JSON / JSONL: the text
+    holds no index to seek by, so the file is parsed and validated whole on first use.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, schema: str | None = None):
+        self.path = pathlib.Path(path)
+        self._parquet = self.path.is_dir() or self.path.suffix == ".parquet"
+        self.schema = schema or ("alignx" if self._parquet else "benchmark")
+        self._records: list[dict] | None = None
+        self._groups: list[tuple[pathlib.Path, int, int]] = []  # (file, row group, first record index)
+        self._length = 0
+        if self._parquet:
+            import pyarrow.parquet as pq
+
+            for file in parquet_files(self.path):
+                _check_not_empty(file, "a parquet file of AlignX records")
+                try:
+                    metadata = pq.ParquetFile(file).metadata
+                except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not parquet
+                    raise InputError(f"{file}: not a parquet file of AlignX records ({cause(error)})") from error
+                for group in range(metadata.num_row_groups):
+                    self._groups.append((file, group, self._length))
+                    self._length += metadata.row_group(group).num_rows
+
+    def _all(self) -> list[dict]:
+        if self._records is None:
+            self._records, _ = load_records(self.path, schema=self.schema)
+        return self._records
+
+    def __len__(self) -> int:
+        return self._length if self._parquet else len(self._all())
+
+    def personas(self) -> list[str]:
+        """`persona_key` of every record, in order."""
+        if not self._parquet:
+            return [persona_key(record) for record in self._all()]
+        import pyarrow.parquet as pq
+
+        keys: list[str] = []
+        for file, group, start in self._groups:
+            reader = pq.ParquetFile(file)
+            columns = [c for c in (GROUND_TRUTH_PERSONA, DIRECTION) if c in reader.schema_arrow.names]
+            try:
+                rows = reader.read_row_group(group, columns=columns).to_pylist()
+            except Exception as error:  # a truncated or corrupt row group
+                raise InputError(f"{file}: cannot read row group {group} ({cause(error)})") from error
+            for index, row in enumerate(rows, start=start):
+                try:
+                    keys.append(persona_key(row))
+                except Exception as error:  # a direction that is no list of numbers
+                    raise RecordError(f"{file}: record {index}: cannot read its persona ({cause(error)})") from None
+        return keys
+
+    def read(self, indices: Sequence[int]) -> list[dict]:
+        """The records at `indices` (in that order), each validated against the schema."""
+        if not self._parquet:
+            records = self._all()
+            return [records[i] for i in indices]
+        import bisect
+
+        import pyarrow.parquet as pq
+
+        starts = [start for _, _, start in self._groups]
+        wanted: dict[int, list[int]] = {}
+        for index in sorted(set(indices)):
+            if not 0 <= index < self._length:
+                raise IndexError(f"{self.path}: record {index} is out of range ({self._length} records)")
+            wanted.setdefault(bisect.bisect_right(starts, index) - 1, []).append(index)
+        found: dict[int, dict] = {}
+        for slot, group_indices in wanted.items():
+            file, group, start = self._groups[slot]
+            try:
+                table = pq.ParquetFile(file).read_row_group(group)
+            except Exception as error:  # a truncated or corrupt row group
+                raise InputError(f"{file}: cannot read row group {group} ({cause(error)})") from error
+            rows = table.take([i - start for i in group_indices]).to_pylist()
+            for index, record in zip(group_indices, rows, strict=True):
+                validate_record(record, index, schema=self.schema, source=str(file))
+                found[index] = record
+        return [found[i] for i in indices]
 
 
 def persona_key(record: Mapping[str, Any]) -> str:

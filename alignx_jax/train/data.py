@@ -4,8 +4,8 @@ Held-out records never train: synthetic held-out users are other users (another 
 held-out records are a seeded draw of `heldout_per_persona` records of each persona, so the held-out
 set holds every persona of the file (DESIGN.md, "Personas, not averages").
 
-Multi-host: each process packs its own Grain shard of the training records (`packed_batches`
-shards by `jax.process_index()`); the processes agree on the static shapes (the longest row
+Multi-host: each process decodes only its share of the training records (`build_splits(share=)`,
+a `ProcessShare`) and packs them (`packed_batches` shards by `jax.process_index()`); the processes agree on the static shapes (the longest row
 length and scored-token count of the step, one small all-gather) and each contributes its rows to
 the global [B, T] arrays (`jax.make_array_from_process_local_data`). Pair ids are offset by the
 process's pair slots so that every pair keeps a unique id in the global batch.
@@ -26,10 +26,41 @@ from alignx_jax.train.config import DataConfig, SyntheticUsers
 
 
 
+class ProcessShare(Sequence):
+    """The training records as one sequence of which this process holds its share: positions `index`,
+    `index + count`, ... of `total` (the records `data.packed_batches` reads on this process). The
+    other positions were never decoded here; reading one is an error."""
+
+    def __init__(self, records: Sequence[dict], *, total: int, index: int, count: int):
+        if len(records) != len(range(index, total, count)):
+            raise ValueError(f"share {index} of {count} over {total} records holds {len(range(index, total, count))}, "
+                             f"got {len(records)}")
+        self.own, self.total, self.index, self.count = list(records), total, index, count
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(self.total))]
+        position = int(position) + (self.total if position < 0 else 0)
+        if not 0 <= position < self.total:
+            raise IndexError(f"training record {position} is out of range ({self.total} records)")
+        if (position - self.index) % self.count:
+            raise LookupError(f"training record {position} belongs to process {position % self.count}'s share, "
+                              f"not to this process's ({self.index} of {self.count})")
+        return self.own[(position - self.index) // self.count]
+
+
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    train: list[dict]
+    train: Sequence[dict]  # a list, or this process's `ProcessShare` of it
     heldout: list[dict]
+
+    @property
+    def own_train(self) -> list[dict]:
+        """The training records this process decoded (all of them in one process)."""
+        return self.train.own if isinstance(self.train, ProcessShare) else list(self.train)
 
 
 def _synthetic(users: SyntheticUsers, seed: int) -> list[dict]:
@@ -39,27 +70,42 @@ def _synthetic(users: SyntheticUsers, seed: int) -> list[dict]:
                                   history_items=users.history_items)
 
 
-def build_splits(config: DataConfig, seed: int) -> Splits:
-    """The training and held-out records the config names (files are read and validated here)."""
+def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 1)) -> Splits:
+    """The training and held-out records the config names (files are read and validated here).
+
+    `share` (index, count): this process decodes only the training records at positions index,
+    index + count, ... (a `ProcessShare`; count 1: a plain list of all). Synthetic users are made on
+    every process, held-out records are read whole, and a parquet file's held-out draw and `limit`
+    read only its persona columns (`data.RecordFile`)."""
+    index, count = share
     train_seed = seed if config.synthetic.seed is None else config.synthetic.seed
     heldout_seed = train_seed + 1 if config.heldout_synthetic.seed is None else config.heldout_synthetic.seed
     if config.synthetic.users and config.heldout_synthetic.users and train_seed == heldout_seed:
         raise InputError(f"config keys 'data.synthetic.seed' and 'data.heldout_synthetic.seed' are both "
                          f"{train_seed}: held-out users would be training users")
-    train, heldout = _synthetic(config.synthetic, train_seed), _synthetic(config.heldout_synthetic, heldout_seed)
+    synthetic = _synthetic(config.synthetic, train_seed)
+    heldout = _synthetic(config.heldout_synthetic, heldout_seed)
+    total = len(synthetic)
+    own = synthetic[index::count]
     for file in config.files:
-        records, _ = data.load_records(file.path)
-        if not records:
+        source = data.RecordFile(file.path)
+        if not len(source):
             raise InputError(f"{file.path}: holds no records")
-        train_ids, heldout_ids = data.heldout_split(records, file.heldout_per_persona, seed=seed)
-        file_train = [records[i] for i in train_ids]
+        personas = source.personas() if file.heldout_per_persona or file.limit is not None else None
+        train_ids, heldout_ids = (data.heldout_split(personas, file.heldout_per_persona, seed=seed) if personas
+                                  else (list(range(len(source))), []))
         if file.limit is not None:
-            file_train = [file_train[i] for i in data.take_evenly(file_train, file.limit)]
-        train += file_train
-        heldout += [records[i] for i in heldout_ids]
-    if not train:
+            train_ids = [train_ids[i] for i in data.take_evenly([personas[i] for i in train_ids], file.limit)]
+        first = (index - total) % count  # this file's first training record in this process's share
+        own += source.read(train_ids[first::count])
+        total += len(train_ids)
+        heldout += source.read(heldout_ids)
+    if not total:
         raise InputError("the config's data leaves no training records (every record is held out)")
-    return Splits(train, heldout)
+    if total < count:
+        raise InputError(f"the config's data holds {total} training records, fewer than the {count} processes "
+                         f"that each read a share of them")
+    return Splits(own if count == 1 else ProcessShare(own, total=total, index=index, count=count), heldout)
 
 
 def packing_config(config: DataConfig, processes: int = 1) -> data.PackingConfig:
@@ -120,7 +166,7 @@ def pad_rows(batch: Mapping[str, np.ndarray], length: int) -> dict[str, np.ndarr
     return out
 
 
-def _all_max(values: Sequence[int]) -> list[int]:
+def all_max(values: Sequence[int]) -> list[int]:
     """Elementwise max over processes (identity in one process)."""
     if jax.process_count() == 1:
         return list(values)
@@ -156,7 +202,7 @@ def assemble(micro_batches: Sequence[Mapping[str, np.ndarray]], *, buckets: tupl
                   for index in row_sharding.devices_indices_map((1, global_rows, 1)).values()})
     local_blocks = max(blocks // jax.process_count(), 1)
     scored = max(scoring.scored_token_count(b, local_blocks) for b in micro_batches)
-    length, scored = _all_max([length, scored])
+    length, scored = all_max([length, scored])
     if jax.process_count() > 1:  # every process's local count, not the global sum, bounds its rows' share
         scored *= jax.process_count()
     scored_length = kernels.bucket_length(scored, buckets)

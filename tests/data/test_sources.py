@@ -101,3 +101,30 @@ def test_psoups_benchmark_loads_all_600(shared_data_dir):
     assert len(loaded) == 600 and report.skipped == 0
     personas = [r["ground_truth_persona"] for r in loaded]
     assert personas[:300] == [personas[0]] * 300 and personas[300:] == [personas[300]] * 300
+
+
+def test_a_record_file_reads_only_what_is_asked(tmp_path, records, monkeypatch):
+    """Parquet: personas from the persona columns, records decoded and validated only where asked,
+    indices counted across shards; the same answers as loading the whole folder."""
+    bad = [dict(r) for r in records[5:]]
+    bad[3]["prompt"] = ""  # record 8 of the folder
+    (tmp_path / "data").mkdir()
+    data.write_records(records[:5], tmp_path / "data" / "a.parquet", rows_per_group=2)
+    data.write_records(bad, tmp_path / "data" / "b.parquet", rows_per_group=2)
+    source = data.RecordFile(tmp_path / "data")
+    assert len(source) == len(records)
+    assert source.personas() == [data.persona_key(r) for r in records]
+    validated = []
+    monkeypatch.setattr(data._sources, "validate_record",
+                        lambda record, index, **kwargs: validated.append(index))
+    assert source.read([9, 0, 4]) == [records[9], records[0], records[4]]
+    assert validated == [0, 4, 9]  # row by row as read, nothing else
+    monkeypatch.undo()
+    with pytest.raises(RecordError, match=r"b\.parquet: record 8: 'prompt' is empty"):
+        source.read([7, 8])
+    with pytest.raises(IndexError, match=r"record 12 is out of range \(12 records\)"):
+        source.read([12])
+    json_file = tmp_path / "r.json"
+    data.write_records(records, json_file)
+    assert data.RecordFile(json_file).read([3, 1]) == [records[3], records[1]]
+    assert data.RecordFile(json_file).personas() == [data.persona_key(r) for r in records]
