@@ -8,6 +8,7 @@ SIGTERM reaches one of them, one of them cannot read its part of a checkpoint) g
     any_process(flag)   -> True on every process when it is True on at least one
     all_processes(flag) -> True on every process when it is True on all of them
     barrier(name)       -> returns once every process has reached it
+    from_process_zero(tree) -> process 0's arrays on every process (same shapes and dtypes everywhere)
 
 In one process each is the identity (no collective, no cost).
 """
@@ -43,3 +44,12 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def from_process_zero(tree):
+    """Process 0's numpy arrays (a pytree) on every process; each passes arrays of the same shapes."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.array, multihost_utils.broadcast_one_to_all(tree))  # writable copies

@@ -79,11 +79,11 @@ def one_process_losses(config):
     return losses
 
 
-@pytest.mark.slow  # two processes start, import JAX and compile (~2 min on 2 cores)
-def test_two_processes_train_with_the_losses_of_one(tmp_path):
+def _train_on_two_processes(tmp_path, config):
+    """`alignx train` of `config` as two processes with one CPU device each; returns their stderr."""
     interop.load_tokenizer("smollm2-135m-instruct")  # the tokenizer cache, written once, not by both processes
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(tmp_path / "run")}))
+    config_path.write_text(yaml.safe_dump(config))
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
     processes = [subprocess.Popen(
@@ -94,11 +94,33 @@ def test_two_processes_train_with_the_losses_of_one(tmp_path):
     outputs = [p.communicate(timeout=600) for p in processes]
     for p, (_, err) in zip(processes, outputs):
         assert p.returncode == 0, err
-    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in outputs[0][1]
+    return [err for _, err in outputs]
+
+
+@pytest.mark.slow  # two processes start, import JAX and compile (~2 min on 2 cores)
+def test_two_processes_train_with_the_losses_of_one(tmp_path):
+    errors = _train_on_two_processes(tmp_path, {**CONFIG, "out_dir": str(tmp_path / "run")})
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in errors[0]
     two = [row["loss"] for row in read_metrics(tmp_path / "run")]
     one = one_process_losses(config_from_dict({**CONFIG, "out_dir": str(tmp_path / "unused")}))
     np.testing.assert_allclose(two, one, rtol=1e-5)
     assert (tmp_path / "run" / "checkpoints" / "3" / "data" / "process_1-of-2.json").is_file()
+
+
+@pytest.mark.slow  # two processes start, import JAX and compile (~1 min on 2 cores)
+def test_two_processes_precompute_the_reference_from_their_own_shares(tmp_path):
+    """Each process packs only its share of the records, the shares are scored together, and the run
+    trains on the curve of one process with the frozen reference."""
+    cache = tmp_path / "cache"
+    errors = _train_on_two_processes(tmp_path, {**CONFIG, "out_dir": str(tmp_path / "run"),
+                                                "reference": "precomputed", "reference_cache_dir": str(cache)})
+    assert "precomputing reference log-probs of 32 records" in errors[0]
+    (file,) = cache.iterdir()  # the arrays, no pieces left behind
+    with np.load(file) as saved:
+        assert not np.isnan(saved["ref_chosen"]).any() and saved["ref_chosen"].shape == (32,)
+    two = [row["loss"] for row in read_metrics(tmp_path / "run")]
+    one = one_process_losses(config_from_dict({**CONFIG, "out_dir": str(tmp_path / "unused")}))
+    np.testing.assert_allclose(two, one, rtol=1e-5)
 
 
 def _launch(config_path, port, logs):
