@@ -53,17 +53,25 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
     first held-out pass). `steps` in the summary is the number run."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
-    run = setup(config, reporter)
-    iterator = iter(run.batches())
-    checkpoints = ckpt.of_run(config)
-    state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
-    reference = reference_cache.precompute(run, reporter.message) if config.reference == "precomputed" else None
-    tick = time.perf_counter()
-    held = heldout_lib.begin(run, state) if run.splits.heldout else None
-    # The final pass scores the policy once: the first pass's time, or its share above a kept trunk.
-    finish_seconds = (time.perf_counter() - tick) * (held.policy_share if held is not None else 1.0)
-    state, last_row, eval_rows, preempted = _steps(run, state, iterator, checkpoints, reference, held, reporter,
-                                                   deadline=deadline, finish_seconds=finish_seconds)
+    # From the start: a SIGTERM during set-up, restore or the reference pass is acted on at the next
+    # point every process reaches (a piece of the pass, the first step), not by one process alone.
+    with _preemption_flag() as flag:
+        run = setup(config, reporter)
+        iterator = iter(run.batches())
+        checkpoints = ckpt.of_run(config)
+        state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
+        reference = None
+        if config.reference == "precomputed":
+            reference = reference_cache.precompute(run, reporter.message, stop=lambda: flag["stop"])
+            if reference is None:
+                reporter.message("SIGTERM: the reference pass kept its pieces; rerun to resume")
+                return {"preempted": True, "step": int(state.step)}
+        tick = time.perf_counter()
+        held = heldout_lib.begin(run, state) if run.splits.heldout else None
+        # The final pass scores the policy once: the first pass's time, or its share above a kept trunk.
+        finish_seconds = (time.perf_counter() - tick) * (held.policy_share if held is not None else 1.0)
+        state, last_row, eval_rows, preempted = _steps(run, state, iterator, checkpoints, reference, held, reporter,
+                                                       flag, deadline=deadline, finish_seconds=finish_seconds)
     checkpoints.close()
     reporter.close()
     if preempted:
@@ -95,9 +103,11 @@ def _restore_or_warm_up(run: Run, checkpoints: ckpt.Checkpoints, iterator, repor
 
 
 def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints, reference, held,
-           reporter: Reporter, *, deadline: float | None, finish_seconds: float) -> tuple[TrainState, dict, list, bool]:
+           reporter: Reporter, flag: Mapping[str, bool], *, deadline: float | None, finish_seconds: float
+           ) -> tuple[TrainState, dict, list, bool]:
     """The step loop: (final state, last metrics row, held-out evaluation rows, preempted). It stops
-    early when the next step and `finish_seconds` would end past `deadline` (see `train`)."""
+    when `flag["stop"]` (SIGTERM) is set on any process, and early when the next step and
+    `finish_seconds` would end past `deadline` (see `train`)."""
     config = run.config
     start_step = int(state.step)
     warmed = _warmed(run)
@@ -111,7 +121,7 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
     compiled_shapes, last_row, eval_rows = set(), {}, []
     reporter.start(config.steps, start_step)
     preempted, step_seconds = False, None
-    with _preemption_flag() as flag, jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
         for step in range(start_step, config.steps):
             iteration_start = time.perf_counter()
             micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]

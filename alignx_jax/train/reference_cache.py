@@ -154,9 +154,11 @@ def global_batches(local: Iterator[Mapping[str, np.ndarray]], packing: data.Pack
         yield {k: np.concatenate(list(v)).astype(batch[k].dtype) for k, v in gathered.items()}
 
 
-def precompute(run, message: Callable[[str], None]) -> dict[str, np.ndarray]:
+def precompute(run, message: Callable[[str], None], *, stop: Callable[[], bool] = lambda: False
+               ) -> dict[str, np.ndarray] | None:
     """The run's reference log-probs of its training records (`Run.scorer` over the start model), from
-    the cache when its key matches, else scored in pieces (resuming after the last piece written)."""
+    the cache when its key matches, else scored in pieces (resuming after the last piece written).
+    None when `stop()` turned true on any process (SIGTERM): every process stops after the same piece."""
     config = run.config
     fmt = run.prompt_format()
     packing = train_data.packing_config(config.data, jax.process_count())
@@ -205,6 +207,8 @@ def precompute(run, message: Callable[[str], None]) -> dict[str, np.ndarray]:
         values[:, source] = chosen[source], rejected[source]
         if main:
             _save(pieces / f"{piece:06d}.npz", {"source": source, "values": values[:, source]})
+        if hosts.any_process(stop()):
+            return None
     if main:
         _save(path, dict(zip(NAMES, values, strict=True)))
         shutil.rmtree(pieces)

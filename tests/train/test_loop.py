@@ -121,6 +121,23 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(straight, tmp_path):
     assert losses_by_step(run) == losses_by_step(straight[0])
 
 
+def test_a_sigterm_during_set_up_stops_at_the_first_step(straight, tmp_path, monkeypatch, recorder):
+    """The notice is kept from the start: the first step runs, is saved, and the run stops there."""
+    from alignx_jax.train import loop
+
+    def set_up_then_sigterm(*args, **kwargs):
+        run = setup(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return run
+
+    setup = loop.setup
+    monkeypatch.setattr(loop, "setup", set_up_then_sigterm)
+    out = tmp_path / "run"
+    assert train(config_from_dict({**TINY, "out_dir": str(out)}), recorder) == {"preempted": True, "step": 1}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    assert losses_by_step(out) == {1: losses_by_step(straight[0])[1]}
+
+
 def test_a_corrupt_latest_checkpoint_is_named_and_the_previous_one_used(straight, tmp_path, recorder):
     out = tmp_path / "run"
     train(config_from_dict({**TINY, "out_dir": str(out), "steps": 4, "checkpoint_every": 2}))

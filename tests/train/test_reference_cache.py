@@ -2,6 +2,8 @@
 a second run reuses; the pass is written in pieces, so a killed pass resumes after its last piece
 and ends with the values of a pass never killed; weights are hashed where they live."""
 import dataclasses
+import os
+import signal
 
 import jax
 import numpy as np
@@ -88,3 +90,27 @@ def test_the_weights_fingerprint_is_the_same_for_any_sharding_and_sees_one_bit()
     bits[3, 5] ^= 1  # one bit of one weight
     changed = jax.tree.unflatten(tree, leaves[:index] + [bits.view(np.float32)] + leaves[index + 1:])
     assert reference_cache.weights_fingerprint(changed, one) != reference_cache.weights_fingerprint(single, one)
+
+
+def test_sigterm_during_the_pass_keeps_its_pieces_and_the_rerun_resumes(tmp_path, monkeypatch, recorder):
+    config = config_from_dict({**TINY, "out_dir": str(tmp_path / "run"), "reference": "precomputed",
+                               "reference_cache_dir": str(tmp_path / "cache")})
+    monkeypatch.setattr(reference_cache, "PIECE_BATCHES", 2)
+    score_records = evaluation.PairScorer.score_records
+    calls = []
+
+    def preempted_in_the_first_piece(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler sets the flag; the piece still finishes
+        return score_records(self, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation.PairScorer, "score_records", preempted_in_the_first_piece)
+    assert train(config, recorder) == {"preempted": True, "step": 0}
+    assert "SIGTERM: the reference pass kept its pieces; rerun to resume" in recorder.messages
+    (pieces,) = (tmp_path / "cache").iterdir()
+    assert [p.name for p in pieces.iterdir()] == ["000000.npz"]
+    recorder.messages.clear()
+    summary = train(config, recorder)
+    assert summary["steps"] == 3 and len(calls) == 4  # 8 batches: 1 piece before the SIGTERM, 3 after
+    assert "precomputing reference log-probs of 32 records (resuming after 1 pieces of 2 batches)" in recorder.messages
