@@ -169,7 +169,7 @@ def precompute(run, message: Callable[[str], None], *, stop: Callable[[], bool] 
                       tokenizer_name=str(config.model.tokenizer or config.model.name), packing=describe)
     cache_dir = pathlib.Path(config.reference_cache_dir or run.out_dir.parent / ".reference_cache")
     path = cache_dir / f"reference_logps_{key}.npz"
-    pieces = cache_dir / f"reference_logps_{key}.pieces"
+    pieces = cache_dir / f"reference_logps_{key}.pieces_of_{PIECE_BATCHES}"  # resumable only in pieces of one size
     num_records = len(run.splits.train)
     main = jax.process_index() == 0
     values = np.zeros((2, num_records), np.float32)
