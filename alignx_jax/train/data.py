@@ -2,7 +2,8 @@
 
 Held-out records never train: synthetic held-out users are other users (another seed), and a file's
 held-out records are a seeded draw of `heldout_per_persona` records of each persona, so the held-out
-set holds every persona of the file (DESIGN.md, "Personas, not averages").
+set holds every persona of the file (DESIGN.md, "Personas, not averages"). Held-out users of unseen
+dimensions (`data.heldout_unseen`) come last; their personas are the run's unseen personas.
 
 Multi-host: each process packs its own Grain shard of the training records (`packed_batches`
 shards by `jax.process_index()`); the processes agree on the static shapes (the longest row
@@ -22,21 +23,21 @@ import numpy as np
 from alignx_jax import data, kernels
 from alignx_jax.errors import InputError
 from alignx_jax.models import scoring
-from alignx_jax.train.config import DataConfig, SyntheticUsers
-
+from alignx_jax.train.config import DataConfig, SyntheticUsers, style_dimensions
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
     train: list[dict]
     heldout: list[dict]
+    unseen_personas: frozenset[str] = frozenset()  # the personas (`data.persona_key`) of data.heldout_unseen
 
 
-def _synthetic(users: SyntheticUsers, seed: int) -> list[dict]:
+def _synthetic(users: SyntheticUsers, seed: int, name: str) -> list[dict]:
     if not users.users:
         return []
     return data.synthetic_records(users.users, seed=seed, records_per_user=users.records_per_user,
-                                  history_items=users.history_items)
+                                  history_items=users.history_items, dimensions=style_dimensions(users, name))
 
 
 def build_splits(config: DataConfig, seed: int) -> Splits:
@@ -46,7 +47,9 @@ def build_splits(config: DataConfig, seed: int) -> Splits:
     if config.synthetic.users and config.heldout_synthetic.users and train_seed == heldout_seed:
         raise InputError(f"config keys 'data.synthetic.seed' and 'data.heldout_synthetic.seed' are both "
                          f"{train_seed}: held-out users would be training users")
-    train, heldout = _synthetic(config.synthetic, train_seed), _synthetic(config.heldout_synthetic, heldout_seed)
+    unseen_seed = train_seed + 2 if config.heldout_unseen.seed is None else config.heldout_unseen.seed
+    train = _synthetic(config.synthetic, train_seed, "data.synthetic")
+    heldout = _synthetic(config.heldout_synthetic, heldout_seed, "data.heldout_synthetic")
     for file in config.files:
         records, _ = data.load_records(file.path)
         if not records:
@@ -59,7 +62,13 @@ def build_splits(config: DataConfig, seed: int) -> Splits:
         heldout += [records[i] for i in heldout_ids]
     if not train:
         raise InputError("the config's data leaves no training records (every record is held out)")
-    return Splits(train, heldout)
+    unseen = _synthetic(config.heldout_unseen, unseen_seed, "data.heldout_unseen")
+    unseen_personas = frozenset(data.persona_key(r) for r in unseen)
+    both = sorted(unseen_personas & {data.persona_key(r) for r in heldout})
+    if both:
+        raise InputError(f"held-out persona {both[0]!r} is both a user of unseen dimensions (data.heldout_unseen) "
+                         f"and of another held-out set: mark them on other dimensions")
+    return Splits(train, heldout + unseen, unseen_personas)
 
 
 def packing_config(config: DataConfig, processes: int = 1) -> data.PackingConfig:

@@ -60,6 +60,7 @@ def _write_inputs(folder: pathlib.Path) -> None:
     (folder / "wrong_type.yaml").write_text(tiny + users + "}\nsteps: many\n")
     (folder / "missing_data.yaml").write_text(tiny + "data: {files: [absent.json]}\n")
     (folder / "too_long.yaml").write_text(tiny + users + ", seq_lengths: [64]}\n")
+    (folder / "unknown_dimension.yaml").write_text(tiny + "data: {synthetic: {users: 2, dimensions: [Likes jazz]}}\n")
 
 
 # id -> (arguments, text the one line must contain: the bad input it names). `issue-*`: the issue's table.
@@ -104,6 +105,8 @@ CASES = {
     "train-wrong-type": (["train", "--config", "wrong_type.yaml"], "config key 'steps' must be int, got 'many'"),
     "train-missing-data-file": (["train", "--config", "missing_data.yaml"], "absent.json"),
     "train-records-too-long": (["train", "--config", "too_long.yaml"], "too long for data.seq_lengths"),
+    "train-unknown-dimension": (["train", "--config", "unknown_dimension.yaml"],
+                                "config key 'data.synthetic.dimensions': 'Likes jazz' is not a synthetic style dimension"),
     "train-missing-config": (["train", "--config", "absent.yaml"], "absent.yaml: no such config file"),
     "train-bad-override": (["train", "--config", "typo.yaml", "steps"], "override 'steps' must look like key=value"),
     "eval-unknown-mode": (["eval", "--policy", "x", "--reference", "x", "--data", "all_bad.json", "--out", "out",
