@@ -12,7 +12,7 @@ responses, so a model that ignores the persona sits at 50%.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -191,13 +191,13 @@ def _mirror(record: dict) -> dict:
 
 
 def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, history_items: int = 6,
-                      dimensions: Collection[int] | None = None) -> list[dict]:
+                      dimensions: Iterable[int | str] | None = None) -> list[dict]:
     """`num_users * records_per_user` AlignX records, a user's record and its mirror's alternating.
 
     Every record carries the user's full direction, `history_items` UGC items and history pairs
     of that user, and a demographic line naming the user's marks. `dimensions`: the style dimensions
-    (`STYLE_DIMENSIONS`) users mark and responses express (None: all of them). Deterministic in `seed`
-    and `dimensions` (not in their order).
+    (`STYLE_DIMENSIONS`, by index or label) users mark and responses express (None: all of them).
+    Deterministic in `seed` and `dimensions` (not in their order).
     """
     if num_users < 0 or records_per_user < 1 or history_items < 0:
         raise ValueError(f"need num_users >= 0, records_per_user >= 1, history_items >= 0; got {num_users}, "
