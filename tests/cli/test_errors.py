@@ -91,6 +91,8 @@ CASES = {
     # The output's missing parents are made for the output and removed again when the input is refused.
     "gguf-output-parents-not-left-behind": (["convert", "gguf-to-hf", "nowhere/deeper/out", "--gguf", "NOT_A_GGUF"],
                                             "NOT_A_GGUF: not a GGUF"),
+    "synth-unknown-dimension": (["data", "synth", "--users", "2", "--dimensions", "3,Likes jazz", "--out", "a.json"],
+                                "--dimensions: 'Likes jazz' is not a synthetic style dimension; known: 16"),
     "synth-out-is-a-folder": (["data", "synth", "--users", "2", "--out", "EMPTY_DIR"], "EMPTY_DIR: is a folder"),
     "validate-no-records": (["data", "validate", "no_records.json"], "no_records.json: holds no records"),
     "validate-truncated-json": (["data", "validate", "truncated.json"], "truncated.json: not valid JSON"),
