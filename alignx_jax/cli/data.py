@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--records-per-user", type=int, default=4)
     synth.add_argument("--history-items", type=int, default=6, help="UGC items and history pairs per record")
+    synth.add_argument("--dimensions", default=None,
+                       help="the style dimensions users mark, comma-separated AlignX indices or labels (e.g. "
+                            "'3,Likes music'); default: all of data.STYLE_DIMENSIONS")
     synth.add_argument("--out", type=pathlib.Path, required=True, help="FILE.parquet (hub schema), .jsonl or .json")
     synth.set_defaults(func=_synth)
 
@@ -43,9 +46,18 @@ def _synth(args: argparse.Namespace) -> int:
                                ("--history-items", args.history_items, 0)):
         if value < least:
             raise InputError(f"{flag} must be >= {least}, got {value}")
+    dimensions = None
+    if args.dimensions is not None:
+        names = [int(n) if n.strip().isdigit() else n.strip() for n in args.dimensions.split(",") if n.strip()]
+        try:
+            dimensions = data.style_dimensions(names)
+        except ValueError as error:
+            raise InputError(f"--dimensions: {error}") from None
+        if not dimensions:
+            raise InputError(f"--dimensions {args.dimensions!r} names no dimension; leave it out for all of them")
     out = output_path(args.out, kind="file", suffixes=RECORD_SUFFIXES, flag="--out")
     records = data.synthetic_records(args.users, seed=args.seed, records_per_user=args.records_per_user,
-                                     history_items=args.history_items)
+                                     history_items=args.history_items, dimensions=dimensions)
     with atomic_output(out) as tmp:
         data.write_records(records, tmp)
     print(f"wrote {len(records)} records of {args.users} users to {args.out}")

@@ -76,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {summary['eval_accuracy']:.3f} (worst persona "
               f"{summary['eval_worst_persona_accuracy']:.3f}), policy-only {summary['eval_accuracy_logp']:.3f} "
               f"(worst persona {summary['eval_worst_persona_accuracy_logp']:.3f}), n={summary['eval_n']}")
+    for group in ("seen", "unseen"):
+        if summary.get(f"eval_{group}_accuracy") is not None:
+            print(f"  {group} dimensions: {summary[f'eval_{group}_accuracy']:.3f} (worst persona "
+                  f"{summary[f'eval_{group}_worst_persona_accuracy']:.3f}), policy-only "
+                  f"{summary[f'eval_{group}_accuracy_logp']:.3f} (worst persona "
+                  f"{summary[f'eval_{group}_worst_persona_accuracy_logp']:.3f}), n={summary[f'eval_{group}_n']}")
     # A rerun of a finished run resumes past its last step and takes none: no loss this time.
     loss = "" if summary["final_loss"] is None else f"; final loss {summary['final_loss']:.4f}"
     print(f"{summary['steps']} steps in {summary['wall_time_s']:.0f}s{loss}; model in {config.out_dir}/model")

@@ -1,8 +1,10 @@
 """Synthetic personalized preference data in the exact AlignX schema.
 
 Each user marks 2-4 of ten style-bearing dimensions (length, tone, formality, humour,
-enthusiasm, five topics). A response is composed from parts that each style switches on or off.
-Every compared pair differs only along dimensions the user marked, and the user chooses the
+enthusiasm, five topics), or of a chosen subset of them (`dimensions`: users of some dimensions for
+training, users of the others held out, to test a model on preference dimensions it never saw). A
+response is composed from parts that each style switches on or off; styles outside the subset never
+appear. Every compared pair differs only along dimensions the user marked, and the user chooses the
 response that matches their marks, so the choice is learnable from the persona. Users come in
 mirror pairs (user 2k+1 flips every mark of user 2k) who see the same posts and candidate
 responses, so a model that ignores the persona sits at 50%.
@@ -10,7 +12,7 @@ responses, so a model that ignores the persona sits at 50%.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -89,6 +91,25 @@ STYLES = (
 )
 
 
+STYLE_DIMENSIONS = tuple(style.index for style in STYLES)
+
+
+def style_dimensions(names: Iterable[int | str]) -> tuple[int, ...]:
+    """The AlignX dimension indices of synthetic styles named by index or by label (`STYLES`), in the
+    order given; ValueError names an unknown or repeated one and lists the known ones."""
+    by_label = {style.label: style.index for style in STYLES}
+    indices = []
+    for name in names:
+        index = by_label.get(name) if isinstance(name, str) else name
+        if index not in STYLE_DIMENSIONS:
+            known = ", ".join(f"{style.index} ({style.label})" for style in STYLES)
+            raise ValueError(f"{name!r} is not a synthetic style dimension; known: {known}")
+        if index in indices:
+            raise ValueError(f"{name!r} names dimension {index} twice")
+        indices.append(index)
+    return tuple(indices)
+
+
 def response_styles(text: str) -> dict[int, bool]:
     """Which side of each synthetic style a response expresses: dimension index -> positive side?
 
@@ -130,21 +151,22 @@ def _response(subject: str, settings: dict[int, bool]) -> str:
     return " ".join(s for s in [parts["opener"], *parts["body"], parts["closer"]] if s)
 
 
-def _user_direction(rng: np.random.Generator) -> np.ndarray:
+def _user_direction(rng: np.random.Generator, styles: tuple[_Style, ...]) -> np.ndarray:
+    """2-4 of `styles` marked (all of them when fewer), each on a random side."""
     direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
-    marked = rng.choice(len(STYLES), size=int(rng.integers(2, 5)), replace=False)
+    marked = rng.choice(len(styles), size=min(len(styles), int(rng.integers(2, 5))), replace=False)
     for s in marked:
-        direction[STYLES[s].index] = float(rng.integers(0, 2))
+        direction[styles[s].index] = float(rng.integers(0, 2))
     return direction
 
 
-def _pair(rng: np.random.Generator, direction: np.ndarray) -> dict:
+def _pair(rng: np.random.Generator, direction: np.ndarray, styles: tuple[_Style, ...]) -> dict:
     """A post and two responses differing on 1-2 of the user's marked dimensions; chosen matches them.
-    Styles the user did not mark are shared by both responses (drawn at random)."""
+    The other `styles` are shared by both responses (drawn at random)."""
     post, subject = _post(rng)
     marked = [i for i in np.flatnonzero(direction != prefs.NEUTRAL)]
     contrast = rng.choice(marked, size=min(len(marked), int(rng.integers(1, 3))), replace=False)
-    shared = {s.index: bool(rng.random() < 0.3) for s in STYLES}
+    shared = {s.index: bool(rng.random() < 0.3) for s in styles}
     liked = shared | {int(i): bool(direction[i] == prefs.POSITIVE) for i in contrast}
     disliked = shared | {int(i): not liked[int(i)] for i in contrast}
     item_direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
@@ -168,23 +190,30 @@ def _mirror(record: dict) -> dict:
                 **{prefs.PAIRS: pairs, prefs.UGC: None})
 
 
-def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, history_items: int = 6) -> list[dict]:
+def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, history_items: int = 6,
+                      dimensions: Iterable[int | str] | None = None) -> list[dict]:
     """`num_users * records_per_user` AlignX records, a user's record and its mirror's alternating.
 
     Every record carries the user's full direction, `history_items` UGC items and history pairs
-    of that user, and a demographic line naming the user's marks. Deterministic in `seed`.
+    of that user, and a demographic line naming the user's marks. `dimensions`: the style dimensions
+    (`STYLE_DIMENSIONS`, by index or label) users mark and responses express (None: all of them).
+    Deterministic in `seed` and `dimensions` (not in their order).
     """
     if num_users < 0 or records_per_user < 1 or history_items < 0:
         raise ValueError(f"need num_users >= 0, records_per_user >= 1, history_items >= 0; got {num_users}, "
                          f"{records_per_user}, {history_items}")
+    chosen = set(STYLE_DIMENSIONS if dimensions is None else style_dimensions(dimensions))
+    if not chosen:
+        raise ValueError("dimensions names no style dimension; None means all of them")
+    styles = tuple(style for style in STYLES if style.index in chosen)
     records = []
     for base_user in range(0, num_users, 2):
         rng = np.random.default_rng([seed, base_user])
-        direction = _user_direction(rng)
+        direction = _user_direction(rng, styles)
         users = [direction] + ([1.0 - direction] if base_user + 1 < num_users else [])
         for _ in range(records_per_user):
-            target = _pair(rng, direction)
-            pairs = [_pair(rng, direction) for _ in range(history_items)]
+            target = _pair(rng, direction, styles)
+            pairs = [_pair(rng, direction, styles) for _ in range(history_items)]
             post_seed = int(rng.integers(2**31))
             record = {"prompt": target["prompt"], "chosen": target["chosen"], "rejected": target["rejected"],
                       prefs.DIRECTION: direction.tolist(), prefs.DEMOGRAPHICS: "", prefs.UGC: None, prefs.PAIRS: pairs}

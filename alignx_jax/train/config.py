@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from alignx_jax import data
 from alignx_jax.errors import InputError
 
 REFERENCE_MODES = ("frozen", "precomputed", "lora")
@@ -50,12 +51,16 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class SyntheticUsers:
     """`data.synthetic_records`: users in mirror pairs (a persona-blind model scores 50%). `seed`
-    default: the run's seed for training users, that + 1 for held-out users (never the same users)."""
+    default: the run's seed for training users, that + 1 for held-out users, + 2 for held-out users of
+    unseen dimensions (never the same users). `dimensions`: the style dimensions the users mark, by
+    AlignX index or label (`data.STYLE_DIMENSIONS`: 16 length, 5 tone, 6 formality, 73 humour,
+    3 enthusiasm, topics 47 science, 56 sports, 74 music, 60 travel, 69 finance); null: all of them."""
 
     users: int = 0
     records_per_user: int = 4
     history_items: int = 6
     seed: int | None = None
+    dimensions: tuple[int | str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,9 @@ class DataFile:
 class DataConfig:
     synthetic: SyntheticUsers = SyntheticUsers()
     heldout_synthetic: SyntheticUsers = SyntheticUsers()
+    # Held-out users marked only on dimensions no training user marks: summary.json reports them
+    # (eval_unseen_*) apart from the other held-out records (eval_seen_*).
+    heldout_unseen: SyntheticUsers = SyntheticUsers()
     files: tuple[DataFile, ...] = ()
     prompt: Literal["ica", "pba"] = "ica"
     profile: Literal["official", "golden", "precomputed"] = "official"
@@ -236,10 +244,13 @@ def _check_ranges(c: TrainConfig) -> None:
     _positive(c.lora.rank, "lora.rank")
     _positive(c.lora.layers, "lora.layers")
     _positive(c.eval.rows, "eval.rows")
-    for name, users in (("data.synthetic", c.data.synthetic), ("data.heldout_synthetic", c.data.heldout_synthetic)):
+    for name, users in (("data.synthetic", c.data.synthetic), ("data.heldout_synthetic", c.data.heldout_synthetic),
+                        ("data.heldout_unseen", c.data.heldout_unseen)):
         _positive(users.users, f"{name}.users", 0)
         _positive(users.records_per_user, f"{name}.records_per_user")
         _positive(users.history_items, f"{name}.history_items", 0)
+        style_dimensions(users, name)
+    _check_unseen(c.data)
     if c.optimizer.lr <= 0:
         raise ConfigError(f"config key 'optimizer.lr' must be > 0, got {c.optimizer.lr}")
     if c.beta <= 0:
@@ -290,6 +301,34 @@ def _check_ranges(c: TrainConfig) -> None:
                               "pretraining: it needs bridge.mode: learned and bridge.pretrain_steps > 0")
     if not c.data.synthetic.users and not c.data.files:
         raise ConfigError("config key 'data' names no training records: set data.synthetic.users or data.files")
+
+
+def style_dimensions(users: SyntheticUsers, name: str) -> tuple[int, ...]:
+    """The dimension indices `users.dimensions` names (all style dimensions when null)."""
+    if users.dimensions is None:
+        return data.STYLE_DIMENSIONS
+    if not users.dimensions:
+        raise ConfigError(f"config key '{name}.dimensions' names no dimension; leave it out (null) for all of them")
+    try:
+        return data.style_dimensions(users.dimensions)
+    except ValueError as error:
+        raise ConfigError(f"config key '{name}.dimensions': {error}") from None
+
+
+def _check_unseen(c: DataConfig) -> None:
+    """Held-out users of unseen dimensions need their dimensions named, and no training user may mark them."""
+    if not c.heldout_unseen.users:
+        return
+    if c.heldout_unseen.dimensions is None:
+        raise ConfigError("config key 'data.heldout_unseen.dimensions' is required when data.heldout_unseen.users "
+                          "> 0: the dimensions that no training user marks")
+    if not c.synthetic.users:
+        return
+    shared = sorted(set(style_dimensions(c.heldout_unseen, "data.heldout_unseen"))
+                    & set(style_dimensions(c.synthetic, "data.synthetic")))
+    if shared:
+        raise ConfigError(f"config key 'data.heldout_unseen.dimensions' must not share a dimension with "
+                          f"data.synthetic.dimensions (null: all), which the training users mark; shared: {shared}")
 
 
 # ---- YAML -> dataclasses, with key and type checks ------------------------------------------------

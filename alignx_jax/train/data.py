@@ -2,13 +2,15 @@
 
 Held-out records never train: synthetic held-out users are other users (another seed), and a file's
 held-out records are a seeded draw of `heldout_per_persona` records of each persona, so the held-out
-set holds every persona of the file (DESIGN.md, "Personas, not averages").
+set holds every persona of the file (DESIGN.md, "Personas, not averages"). Held-out users of unseen
+dimensions (`data.heldout_unseen`) come last; their personas are the run's unseen personas.
 
 Multi-host: each process decodes only its share of the training records (`build_splits(share=)`,
-a `ProcessShare`) and packs them (`packed_batches` shards by `jax.process_index()`); the processes agree on the static shapes (the longest row
-length and scored-token count of the step, one small all-gather) and each contributes its rows to
-the global [B, T] arrays (`jax.make_array_from_process_local_data`). Pair ids are offset by the
-process's pair slots so that every pair keeps a unique id in the global batch.
+a `ProcessShare`) and packs them (`packed_batches` shards by `jax.process_index()`); the processes
+agree on the static shapes (the longest row length and scored-token count of the step, one small
+all-gather) and each contributes its rows to the global [B, T] arrays
+(`jax.make_array_from_process_local_data`). Pair ids are offset by the process's pair slots so that
+every pair keeps a unique id in the global batch.
 """
 from __future__ import annotations
 
@@ -22,8 +24,7 @@ import numpy as np
 from alignx_jax import data, kernels
 from alignx_jax.errors import InputError
 from alignx_jax.models import scoring
-from alignx_jax.train.config import DataConfig, SyntheticUsers
-
+from alignx_jax.train.config import DataConfig, SyntheticUsers, style_dimensions
 
 
 class ProcessShare(Sequence):
@@ -56,6 +57,7 @@ class ProcessShare(Sequence):
 class Splits:
     train: Sequence[dict]  # a list, or this process's `ProcessShare` of it
     heldout: list[dict]
+    unseen_personas: frozenset[str] = frozenset()  # the personas (`data.persona_key`) of data.heldout_unseen
 
     @property
     def own_train(self) -> list[dict]:
@@ -63,11 +65,11 @@ class Splits:
         return self.train.own if isinstance(self.train, ProcessShare) else list(self.train)
 
 
-def _synthetic(users: SyntheticUsers, seed: int) -> list[dict]:
+def _synthetic(users: SyntheticUsers, seed: int, name: str) -> list[dict]:
     if not users.users:
         return []
     return data.synthetic_records(users.users, seed=seed, records_per_user=users.records_per_user,
-                                  history_items=users.history_items)
+                                  history_items=users.history_items, dimensions=style_dimensions(users, name))
 
 
 def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 1)) -> Splits:
@@ -83,8 +85,9 @@ def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 
     if config.synthetic.users and config.heldout_synthetic.users and train_seed == heldout_seed:
         raise InputError(f"config keys 'data.synthetic.seed' and 'data.heldout_synthetic.seed' are both "
                          f"{train_seed}: held-out users would be training users")
-    synthetic = _synthetic(config.synthetic, train_seed)
-    heldout = _synthetic(config.heldout_synthetic, heldout_seed)
+    unseen_seed = train_seed + 2 if config.heldout_unseen.seed is None else config.heldout_unseen.seed
+    synthetic = _synthetic(config.synthetic, train_seed, "data.synthetic")
+    heldout = _synthetic(config.heldout_synthetic, heldout_seed, "data.heldout_synthetic")
     total = len(synthetic)
     own = synthetic[index::count]
     for file in config.files:
@@ -105,7 +108,14 @@ def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 
     if total < count:
         raise InputError(f"the config's data holds {total} training records, fewer than the {count} processes "
                          f"that each read a share of them")
-    return Splits(own if count == 1 else ProcessShare(own, total=total, index=index, count=count), heldout)
+    unseen = _synthetic(config.heldout_unseen, unseen_seed, "data.heldout_unseen")
+    unseen_personas = frozenset(data.persona_key(r) for r in unseen)
+    both = sorted(unseen_personas & {data.persona_key(r) for r in heldout})
+    if both:
+        raise InputError(f"held-out persona {both[0]!r} is both a user of unseen dimensions (data.heldout_unseen) "
+                         f"and of another held-out set: mark them on other dimensions")
+    train = own if count == 1 else ProcessShare(own, total=total, index=index, count=count)
+    return Splits(train, heldout + unseen, unseen_personas)
 
 
 def packing_config(config: DataConfig, processes: int = 1) -> data.PackingConfig:

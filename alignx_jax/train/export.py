@@ -36,6 +36,32 @@ def bridge_summary(run, state: TrainState) -> dict:
     return out
 
 
+def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_personas: frozenset[str], *,
+                       beta: float) -> dict:
+    """summary.json's figures of the held-out records of unseen personas (`eval_unseen_*`: users of
+    dimensions no training user marks) and of the others (`eval_seen_*`), each as the whole set's:
+    the paper's metric and the policy-only view, mean and worst persona, per persona, the start
+    model's policy-only view. A group without scored records gets None."""
+    out = {}
+    for group in ("seen", "unseen"):
+        def member(row, unseen=group == "unseen"):
+            return (row["persona"] in unseen_personas) == unseen
+        picked = [r for r in rows if member(r)]
+        report = evaluation.summarize(picked, beta=beta) if picked else None
+        before = evaluation.summarize([r for r in before_rows if member(r)], beta=beta) if picked else None
+        out.update({
+            f"eval_{group}_accuracy": report and report["accuracy"],
+            f"eval_{group}_accuracy_logp": report and report["accuracy_logp"],
+            f"eval_{group}_worst_persona_accuracy": report and report["worst_persona_accuracy"],
+            f"eval_{group}_worst_persona_accuracy_logp": report and report["worst_persona_accuracy_logp"],
+            f"eval_{group}_n": len(picked),
+            f"per_persona_{group}": report and report["per_persona"],
+            f"eval_{group}_accuracy_logp_before": before and before["accuracy_logp"],
+            f"eval_{group}_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],
+        })
+    return out
+
+
 def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, started: float,
            message: Callable[[str], None]) -> dict:
     config = run.config
@@ -64,6 +90,8 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
         "wall_time_s": time.perf_counter() - started, "reference": config.reference, "loss": config.loss,
         "model": config.model.name, "train_records": len(run.splits.train), "heldout_records": len(run.splits.heldout),
     }
+    if report is not None and run.splits.unseen_personas:
+        summary.update(seen_unseen_fields(rows, before_rows, run.splits.unseen_personas, beta=config.beta))
     model_dir = run.out_dir / "model"
     export_config = run.model.replace(remat=False, attention_impl="auto")
     # orbax writes the (sharded) parameters collectively: every process calls it.

@@ -60,6 +60,7 @@ def _write_inputs(folder: pathlib.Path) -> None:
     (folder / "wrong_type.yaml").write_text(tiny + users + "}\nsteps: many\n")
     (folder / "missing_data.yaml").write_text(tiny + "data: {files: [absent.json]}\n")
     (folder / "too_long.yaml").write_text(tiny + users + ", seq_lengths: [64]}\n")
+    (folder / "unknown_dimension.yaml").write_text(tiny + "data: {synthetic: {users: 2, dimensions: [Likes jazz]}}\n")
 
 
 # id -> (arguments, text the one line must contain: the bad input it names). `issue-*`: the issue's table.
@@ -90,6 +91,8 @@ CASES = {
     # The output's missing parents are made for the output and removed again when the input is refused.
     "gguf-output-parents-not-left-behind": (["convert", "gguf-to-hf", "nowhere/deeper/out", "--gguf", "NOT_A_GGUF"],
                                             "NOT_A_GGUF: not a GGUF"),
+    "synth-unknown-dimension": (["data", "synth", "--users", "2", "--dimensions", "3,Likes jazz", "--out", "a.json"],
+                                "--dimensions: 'Likes jazz' is not a synthetic style dimension; known: 16"),
     "synth-out-is-a-folder": (["data", "synth", "--users", "2", "--out", "EMPTY_DIR"], "EMPTY_DIR: is a folder"),
     "validate-no-records": (["data", "validate", "no_records.json"], "no_records.json: holds no records"),
     "validate-truncated-json": (["data", "validate", "truncated.json"], "truncated.json: not valid JSON"),
@@ -104,6 +107,8 @@ CASES = {
     "train-wrong-type": (["train", "--config", "wrong_type.yaml"], "config key 'steps' must be int, got 'many'"),
     "train-missing-data-file": (["train", "--config", "missing_data.yaml"], "absent.json"),
     "train-records-too-long": (["train", "--config", "too_long.yaml"], "too long for data.seq_lengths"),
+    "train-unknown-dimension": (["train", "--config", "unknown_dimension.yaml"],
+                                "config key 'data.synthetic.dimensions': 'Likes jazz' is not a synthetic style dimension"),
     "train-missing-config": (["train", "--config", "absent.yaml"], "absent.yaml: no such config file"),
     "train-bad-override": (["train", "--config", "typo.yaml", "steps"], "override 'steps' must look like key=value"),
     "eval-unknown-mode": (["eval", "--policy", "x", "--reference", "x", "--data", "all_bad.json", "--out", "out",

@@ -17,6 +17,13 @@ def test_synth_validate_stats(tmp_path, capsys):
     assert lines[1] == "distinct preference directions: 4"
 
 
+def test_synth_users_of_chosen_dimensions(tmp_path):
+    out = tmp_path / "users.json"
+    assert cli.main(["data", "synth", "--users", "4", "--dimensions", "3, Likes music,60", "--out", str(out)]) == 0
+    records, _ = data.load_records(out, schema="alignx")
+    assert records == data.synthetic_records(4, seed=0, dimensions=(3, 74, 60))
+
+
 def test_validate_lists_every_bad_record_and_fails(tmp_path, capsys):
     good = data.synthetic_records(2, seed=0, records_per_user=1)[0]
     rows = [good, dict(good, **{"Preference Direction": [0.5] * 89}), good, {k: v for k, v in good.items() if k != "prompt"}]

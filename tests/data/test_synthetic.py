@@ -82,3 +82,82 @@ def test_style_dimensions_are_the_official_labels_dimensions(official_labels):
 
     for style in _synthetic.STYLES:
         assert prefs.lookup(style.label) == (prefs.dimensions()[style.index], 1.0), style.label
+
+
+# ---- users of a chosen set of dimensions (unseen preference dimensions, issue 25) ----
+
+SEEN = (16, 5, 6, 73, 47, 56)  # length, tone, formality, humour, science, sports
+UNSEEN = (3, 74, 60, 69)  # enthusiasm, music, travel, finance
+
+
+def expressed_styles(text):
+    """The synthetic styles whose text is in `text` (a marker that the unstyled response lacks)."""
+    from alignx_jax.data import _synthetic
+
+    plain = _synthetic._response("x", {})
+    return {style.index for style in _synthetic.STYLES
+            for marker in (style.positive_marker, style.negative_marker) if marker and marker not in plain and marker in text}
+
+
+def marked(direction):
+    return {i for i, v in enumerate(direction) if v != prefs.NEUTRAL}
+
+
+@pytest.mark.parametrize("dimensions", [SEEN, UNSEEN, (69,), (74, 3)])
+def test_users_mark_and_responses_express_only_the_chosen_dimensions(dimensions):
+    records = data.synthetic_records(24, seed=5, records_per_user=3, history_items=3, dimensions=dimensions)
+    assert len(records) == 72
+    allowed = set(dimensions)
+    for i, record in enumerate(records):
+        prefs.validate_record(record, i)
+        user = marked(record["Preference Direction"])
+        assert user <= allowed and min(2, len(allowed)) <= len(user) <= min(4, len(allowed))
+        # The target pair contrasts some of the user's marks, and no response shows another style.
+        chosen, rejected = data.response_styles(record["chosen"]), data.response_styles(record["rejected"])
+        contrast = {i for i in data.STYLE_DIMENSIONS if chosen.get(i) != rejected.get(i)}
+        assert contrast and contrast <= user, record
+        for pair in record["Pair-wise Comparative Feedback"]:
+            assert marked(pair["Preference Direction"]) <= user
+            assert expressed_styles(pair["chosen"] + pair["rejected"]) <= allowed
+        for item in record["User-Generated Content"]:
+            assert marked(item["Preference Direction"]) == user
+            assert expressed_styles(item["comment"]) <= allowed
+        assert expressed_styles(record["chosen"] + record["rejected"]) <= allowed
+    # Every chosen dimension is marked by some user.
+    assert set().union(*(marked(r["Preference Direction"]) for r in records)) == allowed
+
+
+def records_digest(records):
+    """sha256 of the records without the demographic line (its labels depend on the vocabulary file)."""
+    import hashlib
+    import json
+
+    kept = [{k: v for k, v in r.items() if k != prefs.DEMOGRAPHICS} for r in records]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def test_all_dimensions_is_the_generator_before_dimensions_existed():
+    # Digests of `synthetic_records` as committed before `dimensions` (a69dc82): fixtures depend on them.
+    before = {(40, 0, 4, 6): "c991f13cc31d6f7be45a8e8e25c1c296f1b5767c57171b0b4651f343b469a34d",
+              (7, 3, 2, 1): "26c1e966667f4273e06fd7979b768f7ed416f7f8bb00139e4d5f62858ebc12be"}
+    for (users, seed, per_user, items), digest in before.items():
+        records = data.synthetic_records(users, seed=seed, records_per_user=per_user, history_items=items)
+        assert records_digest(records) == digest
+        every = data.synthetic_records(users, seed=seed, records_per_user=per_user, history_items=items,
+                                       dimensions=reversed(data.STYLE_DIMENSIONS))
+        assert every == records
+
+
+def test_chosen_dimensions_by_label_and_bad_ones():
+    assert data.style_dimensions(["Likes music", 3]) == (74, 3)
+    assert data.synthetic_records(4, seed=0, dimensions=["Likes music", "High Extraversion"]) == \
+        data.synthetic_records(4, seed=0, dimensions=(3, 74))
+    with pytest.raises(ValueError, match=r"^7 is not a synthetic style dimension; known: 16 \(Concise communication "
+                                         r"style\), 5 \(High Agreeableness\),"):
+        data.style_dimensions([16, 7])
+    with pytest.raises(ValueError, match="^'Likes jazz' is not a synthetic style dimension"):
+        data.style_dimensions(["Likes jazz"])
+    with pytest.raises(ValueError, match="^'Likes music' names dimension 74 twice$"):
+        data.style_dimensions([74, "Likes music"])
+    with pytest.raises(ValueError, match="^dimensions names no style dimension; None means all of them$"):
+        data.synthetic_records(2, seed=0, dimensions=[])
