@@ -53,7 +53,9 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
     first held-out pass). `steps` in the summary is the number run."""
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
-    # From the start: a SIGTERM during set-up, restore or the reference pass is acted on at the next
+    # JAX's distributed runtime installs its own SIGTERM handler: it starts first, and ours replaces it.
+    train_sharding.initialize_distributed(config.distributed)
+    # From then on, a SIGTERM during set-up, restore or the reference pass is acted on at the next
     # point every process reaches (a piece of the pass, the first step), not by one process alone.
     with _preemption_flag() as flag:
         run = setup(config, reporter)

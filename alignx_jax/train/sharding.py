@@ -23,8 +23,8 @@ BATCH_AXES = ("data", "fsdp")
 def initialize_distributed(config: DistributedConfig) -> None:
     """`jax.distributed.initialize` from the config ("explicit"), from the cluster's environment
     ("auto": TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), or not
-    at all ("off"). On CPU the collectives across processes use gloo."""
-    if config.initialize == "off":
+    at all ("off"); nothing when it already ran. On CPU the collectives across processes use gloo."""
+    if config.initialize == "off" or jax.distributed.is_initialized():
         return
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
