@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     synth.add_argument("--history-items", type=int, default=6, help="UGC items and history pairs per record")
     synth.add_argument("--dimensions", default=None,
                        help="the style dimensions users mark, comma-separated AlignX indices or labels (e.g. "
-                            "'3,Likes music'); default: all of data.STYLE_DIMENSIONS")
+                            "'3,Likes music', or 'Likes cinema' of data.EXTRA_TOPIC_DIMENSIONS); "
+                            "default: data.STYLE_DIMENSIONS")
     synth.add_argument("--out", type=pathlib.Path, required=True, help="FILE.parquet (hub schema), .jsonl or .json")
     synth.set_defaults(func=_synth)
 
@@ -54,7 +55,7 @@ def _synth(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise InputError(f"--dimensions: {error}") from None
         if not dimensions:
-            raise InputError(f"--dimensions {args.dimensions!r} names no dimension; leave it out for all of them")
+            raise InputError(f"--dimensions {args.dimensions!r} names no dimension; leave it out for data.STYLE_DIMENSIONS")
     out = output_path(args.out, kind="file", suffixes=RECORD_SUFFIXES, flag="--out")
     records = data.synthetic_records(args.users, seed=args.seed, records_per_user=args.records_per_user,
                                      history_items=args.history_items, dimensions=dimensions)

@@ -63,6 +63,7 @@ from alignx_jax.data._sources import (
 )
 from alignx_jax.data._splits import first_per_persona, heldout_split, persona_groups, take_evenly
 from alignx_jax.data._synthetic import (
+    EXTRA_TOPIC_DIMENSIONS,
     LENGTH_DIMENSION,
     STYLE_DIMENSIONS,
     response_styles,
@@ -93,5 +94,5 @@ __all__ = [
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
     "RECORD_SUFFIXES", "LoadReport", "RecordFile", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
     "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
-    "LENGTH_DIMENSION", "STYLE_DIMENSIONS", "response_styles", "style_dimensions", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
+    "EXTRA_TOPIC_DIMENSIONS", "LENGTH_DIMENSION", "STYLE_DIMENSIONS", "response_styles", "style_dimensions", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

@@ -1,8 +1,10 @@
 """Synthetic personalized preference data in the exact AlignX schema.
 
 Each user marks 2-4 of ten style-bearing dimensions (length, tone, formality, humour,
-enthusiasm, five topics), or of a chosen subset of them (`dimensions`: users of some dimensions for
-training, users of the others held out, to test a model on preference dimensions it never saw). A
+enthusiasm, five topics), or of a chosen set of dimensions (`dimensions`: users of some dimensions for
+training, users of the others held out, to test a model on preference dimensions it never saw); the
+chosen set may add fourteen more topics (`EXTRA_TOPIC_DIMENSIONS`: cinema, gaming, pets, ...), each an
+aside of its own, for training on a broader range of preferences than the held-out ones. A
 response is composed from parts that each style switches on or off; styles outside the subset never
 appear. Every compared pair differs only along dimensions the user marked, and the user chooses the
 response that matches their marks, so the choice is learnable from the persona. Users come in
@@ -33,6 +35,23 @@ _ASIDES = {
     "Likes music": "It is a bit like practising scales: the rhythm comes once you repeat it.",
     "Likes travel": "It reminds me of planning a trip: the best part is often the detour.",
     "Likes finance": "Treat it like a budget: decide what it is worth before you spend on it.",
+}
+# Topics users mark only when `dimensions` names them (posts stay on the five topics above or general).
+_EXTRA_ASIDES = {
+    "Likes cinema": "It plays out like a good film: the second act is where things turn.",
+    "Likes gaming": "Think of it like a video game level: you learn the map by trying it.",
+    "Likes pets": "It is a bit like training a puppy: patience and treats work better than scolding.",
+    "Likes health": "Look after your health along the way: sleep and water make every plan easier.",
+    "Likes cars": "It is like tuning a car engine: small adjustments add up to a smoother ride.",
+    "Likes gourmet food": "It is a bit like cooking a fine sauce: good ingredients and low heat pay off.",
+    "Likes reading": "It reminds me of a good novel: the middle chapters matter as much as the ending.",
+    "Likes painting": "Think of it as painting a canvas: rough shapes first, details last.",
+    "Likes dance": "It is like learning a dance: go through the steps slowly before you speed up.",
+    "Likes photography": "Frame it like a photograph: decide what is in the picture and what stays out.",
+    "Likes fitness": "Treat it like a workout plan: short regular sessions beat one long one.",
+    "Likes fashion": "Think of it like putting together an outfit: a few pieces that match go a long way.",
+    "Likes outdoors": "It is like a hike in the hills: bring a map, but enjoy the view.",
+    "Likes digital technology": "It is like updating your phone: back up first, then let the new version settle in.",
 }
 
 
@@ -70,14 +89,24 @@ def _enthusiasm(parts, positive):
     parts["body"] = [s.rstrip(".") + "!" for s in parts["body"]] if positive else parts["body"]
 
 
-def _topic(label):
+def _topic(aside):
     def apply(parts, positive):
         if positive:
-            parts["body"].append(_ASIDES[label])
+            parts["body"].append(aside)
     return apply
 
 
-_TOPIC_DIMENSIONS = {"Likes science": 47, "Likes sports": 56, "Likes music": 74, "Likes travel": 60, "Likes finance": 69}
+# The AlignX index of each topic (checked against the official vocabulary by the tests).
+_TOPIC_INDEX = {"Likes science": 47, "Likes sports": 56, "Likes music": 74, "Likes travel": 60, "Likes finance": 69,
+                "Likes cinema": 50, "Likes gaming": 52, "Likes pets": 59, "Likes health": 61, "Likes cars": 63,
+                "Likes gourmet food": 64, "Likes reading": 75, "Likes painting": 76, "Likes dance": 77,
+                "Likes photography": 79, "Likes fitness": 81, "Likes fashion": 89, "Likes outdoors": 85,
+                "Likes digital technology": 71}
+
+
+def _topic_style(label, aside):
+    """A topic's style: the positive side adds `aside`, whose first clause is its marker."""
+    return _Style(_TOPIC_INDEX[label], label, _topic(aside), aside.split(":")[0].split(",")[0], None)
 LENGTH_DIMENSION = 16  # "Concise communication style" (positive) vs "Detailed communication style"
 
 STYLES = (
@@ -86,23 +115,25 @@ STYLES = (
     _Style(6, "High Conscientiousness", _formality, "In summary, a deliberate", "Anyway, you'll figure it out"),
     _Style(73, "Likes humor", _humour, "Worst case, you get a funny story", None),
     _Style(3, "High Extraversion", _enthusiasm, "but keep it simple!", "but keep it simple."),
-    *(_Style(_TOPIC_DIMENSIONS[label], label, _topic(label), _ASIDES[label].split(":")[0].split(",")[0], None)
-      for label in _TOPICS),
+    *(_topic_style(label, _ASIDES[label]) for label in _TOPICS),
 )
+EXTRA_TOPIC_STYLES = tuple(_topic_style(label, aside) for label, aside in _EXTRA_ASIDES.items())
+_ALL_STYLES = STYLES + EXTRA_TOPIC_STYLES
 
-
-STYLE_DIMENSIONS = tuple(style.index for style in STYLES)
+STYLE_DIMENSIONS = tuple(style.index for style in STYLES)  # the default set (dimensions=None)
+EXTRA_TOPIC_DIMENSIONS = tuple(style.index for style in EXTRA_TOPIC_STYLES)
 
 
 def style_dimensions(names: Iterable[int | str]) -> tuple[int, ...]:
-    """The AlignX dimension indices of synthetic styles named by index or by label (`STYLES`), in the
-    order given; ValueError names an unknown or repeated one and lists the known ones."""
-    by_label = {style.label: style.index for style in STYLES}
+    """The AlignX dimension indices of synthetic styles named by index or by label (`STYLE_DIMENSIONS`
+    and `EXTRA_TOPIC_DIMENSIONS`), in the order given; ValueError names an unknown or repeated one and
+    lists the known ones."""
+    by_label = {style.label: style.index for style in _ALL_STYLES}
     indices = []
     for name in names:
         index = by_label.get(name) if isinstance(name, str) else name
-        if index not in STYLE_DIMENSIONS:
-            known = ", ".join(f"{style.index} ({style.label})" for style in STYLES)
+        if index not in STYLE_DIMENSIONS + EXTRA_TOPIC_DIMENSIONS:
+            known = ", ".join(f"{style.index} ({style.label})" for style in _ALL_STYLES)
             raise ValueError(f"{name!r} is not a synthetic style dimension; known: {known}")
         if index in indices:
             raise ValueError(f"{name!r} names dimension {index} twice")
@@ -118,7 +149,7 @@ def response_styles(text: str) -> dict[int, bool]:
     writes, and generated answers in their style; text that holds both sides of a style is skipped.)
     """
     sides = {}
-    for style in STYLES:
+    for style in _ALL_STYLES:
         positive = style.positive_marker is not None and style.positive_marker in text
         negative = style.negative_marker is not None and style.negative_marker in text
         if style.positive_marker is None:
@@ -145,7 +176,7 @@ def _response(subject: str, settings: dict[int, bool]) -> str:
     """A response to `post` with each style in `settings` (dimension index -> positive side?) applied."""
     parts = {"opener": "", "body": [f"About {subject}: go for it, but keep it simple."],
              "closer": ""}
-    for style in STYLES:
+    for style in _ALL_STYLES:
         if style.index in settings:
             style.apply(parts, settings[style.index])
     return " ".join(s for s in [parts["opener"], *parts["body"], parts["closer"]] if s)
@@ -162,11 +193,13 @@ def _user_direction(rng: np.random.Generator, styles: tuple[_Style, ...]) -> np.
 
 def _pair(rng: np.random.Generator, direction: np.ndarray, styles: tuple[_Style, ...]) -> dict:
     """A post and two responses differing on 1-2 of the user's marked dimensions; chosen matches them.
-    The other `styles` are shared by both responses (drawn at random)."""
+    The other `styles` are shared by both responses (each on its positive side with probability 0.3,
+    scaled down beyond ten styles so that a response carries as many asides as with ten)."""
     post, subject = _post(rng)
     marked = [i for i in np.flatnonzero(direction != prefs.NEUTRAL)]
     contrast = rng.choice(marked, size=min(len(marked), int(rng.integers(1, 3))), replace=False)
-    shared = {s.index: bool(rng.random() < 0.3) for s in styles}
+    positive = 0.3 * min(1.0, len(STYLES) / len(styles))
+    shared = {s.index: bool(rng.random() < positive) for s in styles}
     liked = shared | {int(i): bool(direction[i] == prefs.POSITIVE) for i in contrast}
     disliked = shared | {int(i): not liked[int(i)] for i in contrast}
     item_direction = np.full((prefs.NUM_DIMENSIONS,), prefs.NEUTRAL)
@@ -196,7 +229,8 @@ def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, h
 
     Every record carries the user's full direction, `history_items` UGC items and history pairs
     of that user, and a demographic line naming the user's marks. `dimensions`: the style dimensions
-    (`STYLE_DIMENSIONS`, by index or label) users mark and responses express (None: all of them).
+    (`STYLE_DIMENSIONS` and `EXTRA_TOPIC_DIMENSIONS`, by index or label) users mark and responses
+    express (None: `STYLE_DIMENSIONS`).
     Deterministic in `seed` and `dimensions` (not in their order).
     """
     if num_users < 0 or records_per_user < 1 or history_items < 0:
@@ -204,8 +238,8 @@ def synthetic_records(num_users: int, *, seed: int, records_per_user: int = 4, h
                          f"{records_per_user}, {history_items}")
     chosen = set(STYLE_DIMENSIONS if dimensions is None else style_dimensions(dimensions))
     if not chosen:
-        raise ValueError("dimensions names no style dimension; None means all of them")
-    styles = tuple(style for style in STYLES if style.index in chosen)
+        raise ValueError("dimensions names no style dimension; None means STYLE_DIMENSIONS")
+    styles = tuple(style for style in _ALL_STYLES if style.index in chosen)
     records = []
     for base_user in range(0, num_users, 2):
         rng = np.random.default_rng([seed, base_user])

@@ -54,7 +54,8 @@ class SyntheticUsers:
     default: the run's seed for training users, that + 1 for held-out users, + 2 for held-out users of
     unseen dimensions (never the same users). `dimensions`: the style dimensions the users mark, by
     AlignX index or label (`data.STYLE_DIMENSIONS`: 16 length, 5 tone, 6 formality, 73 humour,
-    3 enthusiasm, topics 47 science, 56 sports, 74 music, 60 travel, 69 finance); null: all of them."""
+    3 enthusiasm, topics 47 science, 56 sports, 74 music, 60 travel, 69 finance; and the fourteen topics of
+    `data.EXTRA_TOPIC_DIMENSIONS`, only when named); null: data.STYLE_DIMENSIONS."""
 
     users: int = 0
     records_per_user: int = 4
@@ -304,11 +305,11 @@ def _check_ranges(c: TrainConfig) -> None:
 
 
 def style_dimensions(users: SyntheticUsers, name: str) -> tuple[int, ...]:
-    """The dimension indices `users.dimensions` names (all style dimensions when null)."""
+    """The dimension indices `users.dimensions` names (data.STYLE_DIMENSIONS when null)."""
     if users.dimensions is None:
         return data.STYLE_DIMENSIONS
     if not users.dimensions:
-        raise ConfigError(f"config key '{name}.dimensions' names no dimension; leave it out (null) for all of them")
+        raise ConfigError(f"config key '{name}.dimensions' names no dimension; leave it out (null) for data.STYLE_DIMENSIONS")
     try:
         return data.style_dimensions(users.dimensions)
     except ValueError as error:

@@ -67,7 +67,7 @@ def test_response_styles_reads_back_every_applied_style():
     from alignx_jax.data import _synthetic
 
     rng = np.random.default_rng(0)
-    indices = [style.index for style in _synthetic.STYLES]
+    indices = [style.index for style in _synthetic.STYLES + _synthetic.EXTRA_TOPIC_STYLES]
     for _ in range(200):
         settings = {i: bool(rng.integers(2)) for i in indices if rng.random() < 0.6}
         text = _synthetic._response("a rainy weekend", settings)
@@ -80,7 +80,7 @@ def test_response_styles_reads_back_every_applied_style():
 def test_style_dimensions_are_the_official_labels_dimensions(official_labels):
     from alignx_jax.data import _synthetic
 
-    for style in _synthetic.STYLES:
+    for style in _synthetic.STYLES + _synthetic.EXTRA_TOPIC_STYLES:
         assert prefs.lookup(style.label) == (prefs.dimensions()[style.index], 1.0), style.label
 
 
@@ -95,7 +95,7 @@ def expressed_styles(text):
     from alignx_jax.data import _synthetic
 
     plain = _synthetic._response("x", {})
-    return {style.index for style in _synthetic.STYLES
+    return {style.index for style in _synthetic.STYLES + _synthetic.EXTRA_TOPIC_STYLES
             for marker in (style.positive_marker, style.negative_marker) if marker and marker not in plain and marker in text}
 
 
@@ -103,10 +103,10 @@ def marked(direction):
     return {i for i, v in enumerate(direction) if v != prefs.NEUTRAL}
 
 
-@pytest.mark.parametrize("dimensions", [SEEN, UNSEEN, (69,), (74, 3)])
+@pytest.mark.parametrize("dimensions", [SEEN, UNSEEN, (69,), (74, 3), SEEN + data.EXTRA_TOPIC_DIMENSIONS])
 def test_users_mark_and_responses_express_only_the_chosen_dimensions(dimensions):
-    records = data.synthetic_records(24, seed=5, records_per_user=3, history_items=3, dimensions=dimensions)
-    assert len(records) == 72
+    records = data.synthetic_records(48, seed=5, records_per_user=3, history_items=3, dimensions=dimensions)
+    assert len(records) == 144
     allowed = set(dimensions)
     for i, record in enumerate(records):
         prefs.validate_record(record, i)
@@ -114,7 +114,7 @@ def test_users_mark_and_responses_express_only_the_chosen_dimensions(dimensions)
         assert user <= allowed and min(2, len(allowed)) <= len(user) <= min(4, len(allowed))
         # The target pair contrasts some of the user's marks, and no response shows another style.
         chosen, rejected = data.response_styles(record["chosen"]), data.response_styles(record["rejected"])
-        contrast = {i for i in data.STYLE_DIMENSIONS if chosen.get(i) != rejected.get(i)}
+        contrast = {i for i in data.STYLE_DIMENSIONS + data.EXTRA_TOPIC_DIMENSIONS if chosen.get(i) != rejected.get(i)}
         assert contrast and contrast <= user, record
         for pair in record["Pair-wise Comparative Feedback"]:
             assert marked(pair["Preference Direction"]) <= user
@@ -150,6 +150,8 @@ def test_all_dimensions_is_the_generator_before_dimensions_existed():
 
 def test_chosen_dimensions_by_label_and_bad_ones():
     assert data.style_dimensions(["Likes music", 3]) == (74, 3)
+    assert data.style_dimensions(["Likes cinema", "Likes digital technology"]) == (50, 71)  # extra topics
+    assert set(data.EXTRA_TOPIC_DIMENSIONS).isdisjoint(data.STYLE_DIMENSIONS) and len(data.EXTRA_TOPIC_DIMENSIONS) == 14
     assert data.synthetic_records(4, seed=0, dimensions=["Likes music", "High Extraversion"]) == \
         data.synthetic_records(4, seed=0, dimensions=(3, 74))
     with pytest.raises(ValueError, match=r"^7 is not a synthetic style dimension; known: 16 \(Concise communication "
@@ -159,5 +161,5 @@ def test_chosen_dimensions_by_label_and_bad_ones():
         data.style_dimensions(["Likes jazz"])
     with pytest.raises(ValueError, match="^'Likes music' names dimension 74 twice$"):
         data.style_dimensions([74, "Likes music"])
-    with pytest.raises(ValueError, match="^dimensions names no style dimension; None means all of them$"):
+    with pytest.raises(ValueError, match="^dimensions names no style dimension; None means STYLE_DIMENSIONS$"):
         data.synthetic_records(2, seed=0, dimensions=[])

@@ -45,7 +45,7 @@ BASE = {"synthetic": {"users": 2}}
     ({"synthetic": {"users": 2, "dimensions": [74, "Likes music"]}},
      "config key 'data.synthetic.dimensions': 'Likes music' names dimension 74 twice"),
     ({"synthetic": {"users": 2, "dimensions": []}},
-     "config key 'data.synthetic.dimensions' names no dimension; leave it out (null) for all of them"),
+     "config key 'data.synthetic.dimensions' names no dimension; leave it out (null) for data.STYLE_DIMENSIONS"),
     ({"synthetic": {"users": 2, "dimensions": 16}},
      "config key 'data.synthetic.dimensions' must be a list of int or str or null, got 16"),
     ({"heldout_unseen": {"users": 2}},
