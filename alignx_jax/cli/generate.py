@@ -196,18 +196,28 @@ def _answer_conditioned(args: argparse.Namespace, sampling) -> int:
     profile = bridge.map_profile(distribution)
     print(f"preferences: {profile or '(all neutral)'}"
           + (f" (as {reader.num_slots} soft tokens)" if reader is not None and reader.soft else ""), file=sys.stderr)
-    if reader is not None and reader.soft:
-        chat = data.pba_prompt(args.prompt, data.soft_profile(reader.num_slots), evaluation=True)
-        ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
-        new = bridge.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
-                                               sampling=sampling, seed=args.seed)
-    else:
-        ids = evaluation.prompt_ids(tokenizer, data.pba_prompt(args.prompt, profile, evaluation=True))
-        new = evaluation.generate_ids(params, config, [ids], sampling=sampling, seed=args.seed)[0]
-    if new and new[-1] in config.eos_token_ids:
-        new = new[:-1]
+    new = conditioned_answer(params, config, tokenizer, reader, args.prompt, distribution, sampling=sampling,
+                             seed=args.seed)
     print(tokenizer.decode(new, skip_special_tokens=True).strip())
     return 0
+
+
+def conditioned_answer(params, config, tokenizer, reader, prompt: str, distribution, *, sampling, seed: int = 0
+                       ) -> list[int]:
+    """New token ids (EOS dropped) answering `prompt` in the PBA evaluation layout for a user whose
+    preferences are `distribution` [90, 3]: as soft tokens when `reader` (a `bridge.PersonaBridge`)
+    is soft-conditioned, else as the profile text (its MAP labels)."""
+    from alignx_jax import bridge, data, evaluation
+
+    if reader is not None and reader.soft:
+        chat = data.pba_prompt(prompt, data.soft_profile(reader.num_slots), evaluation=True)
+        ids, slots = data.prompt_ids_and_slots(tokenizer, chat)
+        new = bridge.generate_with_soft_tokens(params, config, ids, slots, reader.soft_tokens(distribution[None])[0],
+                                               sampling=sampling, seed=seed)
+    else:
+        ids = evaluation.prompt_ids(tokenizer, data.pba_prompt(prompt, bridge.map_profile(distribution), evaluation=True))
+        new = evaluation.generate_ids(params, config, [ids], sampling=sampling, seed=seed)[0]
+    return new[:-1] if new and new[-1] in config.eos_token_ids else new
 
 
 def _answer_file(args: argparse.Namespace, sampling) -> int:

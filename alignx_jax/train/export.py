@@ -13,6 +13,7 @@ import jax
 
 from alignx_jax import bridge as bridge_lib
 from alignx_jax import evaluation, interop
+from alignx_jax import preferences as prefs
 from alignx_jax.train import data as train_data
 from alignx_jax.train import heldout as heldout_lib
 from alignx_jax.train.step import TrainState, policy_params
@@ -31,9 +32,24 @@ def bridge_summary(run, state: TrainState) -> dict:
             if setup.soft else None
         chosen, rejected = heldout_lib.scores(run, policy_params(state, run.spec), soft)(held.policy_batches,
                                                                                        len(held.records))
-        report = evaluation.summarize(heldout_lib.rows(held, chosen, rejected), beta=run.config.beta)
+        rows = heldout_lib.rows(held, chosen, rejected)
+        report = evaluation.summarize(rows, beta=run.config.beta)
         out.update({key: report["accuracy"], f"{key}_logp": report["accuracy_logp"], f"{key}_n": report["n"]})
+        if name == "edited":
+            out.update(per_dimension_controllability(rows, sets["found"], beta=run.config.beta))
     return out
+
+
+def per_dimension_controllability(rows: list[dict], found, *, beta: float) -> dict:
+    """`controllability_per_dimension`: the edited probes grouped by the dimension each flips (its
+    positive label): n and the paper's metric; `controllability_worst_dimension`: the lowest of them."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(prefs.dimensions()[found[row["index"]].dim].positive, []).append(row)
+    per = {label: {"n": len(picked), "accuracy": evaluation.summarize(picked, beta=beta)["accuracy"]}
+           for label, picked in sorted(groups.items())}
+    return {"controllability_per_dimension": per,
+            "controllability_worst_dimension": min((v["accuracy"] for v in per.values()), default=None)}
 
 
 def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_personas: frozenset[str], *,

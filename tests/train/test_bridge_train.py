@@ -110,11 +110,31 @@ def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     for key in ("bridge_macro_f1", "bridge_majority_macro_f1", "controllability", "probe_accuracy", "eval_accuracy"):
         assert saved[key] is not None and 0 <= saved[key] <= 1, (key, saved[key])
     assert 1 <= saved["controllability_n"] <= 6 and len(saved["bridge_pretrain"]) >= 1
+    per = saved["controllability_per_dimension"]  # the same probes, by the dimension each flips
+    assert sum(v["n"] for v in per.values()) == saved["controllability_n"]
+    assert sum(v["n"] * v["accuracy"] for v in per.values()) / saved["controllability_n"] == \
+        pytest.approx(saved["controllability"])
+    assert saved["controllability_worst_dimension"] == min(v["accuracy"] for v in per.values())
     assert summary["bridge_conditioning"] == conditioning
     loaded = bridge.load(out / "model")
     assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens) == ("learned", conditioning, 2)
     assert loaded.params["soft"]["table"].shape == (2, 90, 3, 32)
     assert loaded.backbone_config.num_layers == 1 and "backbone" in loaded.params
+
+
+def test_controllability_per_dimension_groups_the_probes_by_the_dimension_they_flip():
+    from alignx_jax.bridge import Probe
+    from alignx_jax.train.export import per_dimension_controllability
+
+    found = [Probe(0, 16, 1.0, {}), Probe(1, 73, 0.0, {}), Probe(2, 16, 0.0, {}), Probe(3, 16, 1.0, {})]
+    margins = [0.5, -0.2, 0.1, -0.3]  # the policy's (chosen - rejected) log-prob gap; the reference's is 0
+    rows = [{"index": i, "persona": "p", "policy_chosen_logp": m, "policy_rejected_logp": 0.0,
+             "ref_chosen_logp": 0.0, "ref_rejected_logp": 0.0} for i, m in enumerate(margins)]
+    got = per_dimension_controllability(rows, found, beta=0.1)
+    length, humour = (prefs.dimensions()[i].positive for i in (16, 73))
+    assert got["controllability_per_dimension"] == {length: {"n": 3, "accuracy": pytest.approx(2 / 3)},
+                                                    humour: {"n": 1, "accuracy": 0.0}}
+    assert got["controllability_worst_dimension"] == 0.0
 
 
 @pytest.mark.parametrize("change, message", [
