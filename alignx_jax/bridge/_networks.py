@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import chex
 import jax
@@ -94,6 +95,19 @@ def init_params(config: BridgeConfig, rng: jax.Array) -> dict:
     table = _normal(keys[7], (c.soft_tokens, prefs.NUM_DIMENSIONS, _rules.NUM_CLASSES, c.model_size),
                     0.02 / math.sqrt(prefs.NUM_DIMENSIONS))
     return {"encoder": encoder, "bridge": bridge, "soft": {"table": table}}
+
+
+def label_table(embedding: chex.Array, label_ids: Sequence[Sequence[Sequence[int]]], soft_tokens: int) -> jax.Array:
+    """A soft-token table [K, 90, 3, D] that starts as the words of the profile text: entry (k, d, c) is
+    the mean input embedding of dimension d's label for class c (`label_ids[d][c]`, its token ids;
+    empty for the neutral class, whose entry is 0), the same for every k. A user's token is then the
+    sum of the embeddings of their marked labels, which the pretrained model can read from step 1."""
+    chex.assert_rank(embedding, 2)
+    rows = [[embedding[jnp.asarray(ids)].mean(0) if ids else jnp.zeros(embedding.shape[1], embedding.dtype)
+             for ids in classes] for classes in label_ids]
+    table = jnp.stack([jnp.stack(classes) for classes in rows]).astype(jnp.float32)  # [90, 3, D]
+    chex.assert_shape(table, (prefs.NUM_DIMENSIONS, _rules.NUM_CLASSES, embedding.shape[1]))
+    return jnp.broadcast_to(table, (soft_tokens, *table.shape))
 
 
 def backbone_slice(params: dict, layer: int) -> dict:

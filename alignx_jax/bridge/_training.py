@@ -43,6 +43,7 @@ from alignx_jax.bridge._networks import (
     class_weights,
     init_params,
     item_features,
+    label_table,
     pool_items,
 )
 from alignx_jax.bridge._persona import (
@@ -187,6 +188,9 @@ def setup(section: Any, *, train_records: list[dict], heldout_records: list[dict
     train = persona_table(train_records, tokenizer, section, backbone, backbone_config, seed=seed)
     heldout = persona_table(heldout_records, tokenizer, section, backbone, backbone_config, seed=None)
     initial = init_params(config, jax.random.key(seed + 14))
+    if section.soft_init == "labels":
+        initial["soft"]["table"] = label_table(params["embed"]["embedding"], profile_label_ids(tokenizer),
+                                               section.soft_tokens)
     kept = initial if section.mode == "learned" else {"soft": initial["soft"]}
     weights = class_weights(train.labels[train.has_label]) if train.has_label.any() else \
         np.ones((prefs.NUM_DIMENSIONS, NUM_CLASSES), np.float32)
@@ -201,6 +205,12 @@ def setup(section: Any, *, train_records: list[dict], heldout_records: list[dict
     if not section.conditioning == "soft" or not section.joint:
         out.train_dist = _distributions(out, out.params, train, train_records)
     return out
+
+
+def profile_label_ids(tokenizer) -> list[list[list[int]]]:
+    """[90][3] token ids of each dimension's label per class (negative, neutral: none, positive)."""
+    ids = lambda text: list(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    return [[ids(dim.negative), [], ids(dim.positive)] for dim in prefs.dimensions()]
 
 
 def profiled(records: Sequence[Mapping[str, Any]], dist: np.ndarray) -> list[dict]:

@@ -163,6 +163,9 @@ class BridgeSection:
     mode: Literal["learned", "official", "golden"] = "learned"
     conditioning: Literal["text", "soft"] = "soft"
     soft_tokens: int = 4
+    # The soft-token table's start: random (small normal), or labels (each entry the embedding of its
+    # label's words, `bridge.label_table`, so that a token starts as the profile text's words).
+    soft_init: Literal["random", "labels"] = "random"
     encoder_layer: int = 1
     encoder_trainable: bool = False  # the encoder's backbone layers learn during pretraining, then freeze
     persona_size: int = 128

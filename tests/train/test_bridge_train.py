@@ -172,3 +172,25 @@ def test_a_trainable_encoder_learns_in_pretraining_then_every_item_is_encoded_ag
     saved = bridge.saved_bridge(setup, None)  # what `alignx generate --persona` encodes new personas with
     np.testing.assert_array_equal(saved.params["backbone"]["embed"]["embedding"],
                                   np.asarray(setup.backbone["embed"]["embedding"]))
+
+
+def test_a_label_initialized_table_makes_a_users_tokens_the_sum_of_their_labels_embeddings(byte_tokenizer):
+    config = llama.LlamaConfig.tiny(num_layers=1, hidden_size=32, intermediate_size=64)
+    params = llama.init_params(config, jax.random.key(0))
+    records = data.synthetic_records(4, seed=0, records_per_user=1, history_items=1)
+    section = config_from_dict({**TINY, "out_dir": "x", "bridge": {**TINY["bridge"], "soft_init": "labels",
+                                                                   "pretrain_steps": 0}}).bridge
+    setup = bridge.setup(section, train_records=records, heldout_records=records[:2], params=params, model=config,
+                         tokenizer=byte_tokenizer, seed=0)
+    embedding = np.asarray(params["embed"]["embedding"])
+    words = lambda text: embedding[byte_tokenizer.encode(text)].mean(0)  # noqa: E731
+    direction = np.asarray(records[0][prefs.DIRECTION])
+    expected = sum(words(dim.positive if direction[dim.index] == prefs.POSITIVE else dim.negative)
+                   for dim in prefs.dimensions() if direction[dim.index] != prefs.NEUTRAL)
+    tokens = bridge.soft_tokens(jnp.asarray(setup.params["soft"]["table"]),
+                                bridge.direction_distribution(jnp.asarray(direction))[None])[0]
+    assert tokens.shape == (2, 32)
+    for k in range(2):  # every slot starts as the profile's words
+        np.testing.assert_allclose(tokens[k], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="soft_init"):
+        config_from_dict({**TINY, "bridge": {**TINY["bridge"], "soft_init": "words"}})
