@@ -99,6 +99,7 @@ __all__ = [
     "PersonaBridge", "PersonaTable", "distributions", "draw_items", "edited", "generate_with_soft_tokens",
     "neutral_distribution", "persona_arrays", "persona_table", "table_distributions",
     "BridgeSetup", "Probe", "current_params", "heldout_soft_tokens", "macro_f1_report", "pretrain", "probe_records",
-    "probe_soft_tokens", "probes", "profile_label_ids", "profiled", "records_soft_tokens", "saved_bridge", "setup", "summary_fields",
+    "probe_soft_tokens", "probes", "profile_label_ids", "profiled", "records_soft_tokens", "saved_bridge", "setup",
+    "summary_fields",
     "text_records",
 ]

@@ -55,7 +55,8 @@ def _synth(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise InputError(f"--dimensions: {error}") from None
         if not dimensions:
-            raise InputError(f"--dimensions {args.dimensions!r} names no dimension; leave it out for data.STYLE_DIMENSIONS")
+            raise InputError(f"--dimensions {args.dimensions!r} names no dimension; "
+                             f"leave it out for data.STYLE_DIMENSIONS")
     out = output_path(args.out, kind="file", suffixes=RECORD_SUFFIXES, flag="--out")
     records = data.synthetic_records(args.users, seed=args.seed, records_per_user=args.records_per_user,
                                      history_items=args.history_items, dimensions=dimensions)

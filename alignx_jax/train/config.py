@@ -312,7 +312,8 @@ def style_dimensions(users: SyntheticUsers, name: str) -> tuple[int, ...]:
     if users.dimensions is None:
         return data.STYLE_DIMENSIONS
     if not users.dimensions:
-        raise ConfigError(f"config key '{name}.dimensions' names no dimension; leave it out (null) for data.STYLE_DIMENSIONS")
+        raise ConfigError(f"config key '{name}.dimensions' names no dimension; "
+                          f"leave it out (null) for data.STYLE_DIMENSIONS")
     try:
         return data.style_dimensions(users.dimensions)
     except ValueError as error:
