@@ -17,6 +17,7 @@ import time
 from alignx_jax.errors import InputError, MissingFileError, read_json
 
 MODES = ("ica", "pba_text", "pba_soft")
+PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 
 
@@ -40,8 +41,12 @@ def register(subparsers) -> None:
                    help="which persona items to show: comments (ugc), earlier choices (pair), demographics (demo), "
                         "or all (mixed)")
     p.add_argument("--beta", type=float, default=0.1, help="reward scale (the paper's 0.1)")
-    p.add_argument("--profile", default="auto", choices=("auto", "official", "golden", "precomputed"),
-                   help="pba_text: the profile source (auto: the record's `profile`, else the official rule)")
+    p.add_argument("--profile", default="auto", choices=PROFILE_SOURCES,
+                   help="pba_text: the profile source (auto: the record's `profile`, else the official rule; learned: "
+                        "the MAP labels of a learned preference bridge reading the shown history, see --bridge)")
+    p.add_argument("--bridge", default=None, metavar="MODEL",
+                   help="--profile learned: the model folder whose preference bridge writes the profile (default: "
+                        "--policy)")
     p.add_argument("--policy-layout", default="eval", choices=("eval", "train"),
                    help="ica: the policy's prompt layout (eval: the official evaluation layout = the reference's; "
                         "train: the training layout)")
@@ -138,6 +143,31 @@ def has_preference_bridge(source: str) -> bool:
     return path.is_dir() and (path / "bridge" / "bridge.json").is_file()
 
 
+def profile_bridge_source(args: argparse.Namespace, model_flag: str = "--policy") -> str | None:
+    """The model folder whose preference bridge writes `--profile learned` profiles (None for
+    another profile source); refuses a --bridge without it and a folder without a bridge."""
+    learned = args.mode == "pba_text" and args.profile == "learned"
+    if args.bridge is not None and not learned:
+        raise InputError("--bridge goes with --mode pba_text --profile learned")
+    if not learned:
+        return None
+    source = args.bridge if args.bridge is not None else getattr(args, model_flag.lstrip("-"))
+    flag = "--bridge" if args.bridge is not None else model_flag
+    check_model_path(flag, source)
+    if not has_preference_bridge(source):
+        raise InputError(f"--profile learned needs a preference bridge: {flag} {source} has none (bridge/bridge.json); "
+                         f"give --bridge FOLDER of a model trained with a `bridge:` section")
+    return source
+
+
+def load_profile_bridge(source: str, saved=None):
+    """A `bridge.PersonaBridge` of `source`'s saved bridge (`saved`, when already loaded) with the
+    tokenizer of `source`, the one its encoder reads."""
+    from alignx_jax import bridge, interop
+
+    return bridge.PersonaBridge(saved if saved is not None else bridge.load(source), interop.load_tokenizer(source))
+
+
 def tokenizer_difference(a, b) -> str | None:
     """Why two tokenizers would give different token ids, or None when they agree."""
     if (getattr(a, "bos_token_id", None), getattr(a, "eos_token_id", None)) != (
@@ -230,15 +260,20 @@ def run(args: argparse.Namespace) -> int:
         from alignx_jax import bridge
 
         saved_bridge = bridge.load(args.policy)  # a damaged bridge is refused before any model loads
+    bridge_source = profile_bridge_source(args)
+    if bridge_source is not None:
+        from alignx_jax import bridge
+
+        saved_bridge = bridge.load(bridge_source)
     from alignx_jax import evaluation
 
     check_model_path("--policy", args.policy)
     check_model_path("--reference", args.reference)
     records, indices = select_records(args.data, limit=args.limit, per_persona=args.per_persona)
     check_persona_items(records, indices, args.persona_items, args.data)
-    mode = None if args.mode == "pba_soft" else evaluation.resolve_mode(args.mode, layout=args.policy_layout,
-                                                                        profile=args.profile)
-    if args.mode == "pba_text":
+    mode = None if args.mode == "pba_soft" or bridge_source else evaluation.resolve_mode(
+        args.mode, layout=args.policy_layout, profile=args.profile)
+    if args.mode == "pba_text" and not bridge_source:
         check_profiles(mode, records, indices, args.persona_items, args.data)
     run_info = {
         "policy": evaluation.model_fingerprint(args.policy),
@@ -256,10 +291,14 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.mode == "pba_soft":
         run_info["bridge"] = bridge.describe(saved_bridge)
+    if bridge_source is not None:
+        run_info["bridge"] = {**bridge.describe(saved_bridge), "model": evaluation.model_fingerprint(bridge_source)}
     resuming = evaluation.check_folder(args.out, run_info)
     tokenizer, reference_tokenizer = load_tokenizers(args.policy, args.reference)
     if args.mode == "pba_soft":
         mode = evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(saved_bridge, tokenizer))
+    if bridge_source is not None:
+        mode = evaluation.PbaTextMode(profile="learned", bridge=load_profile_bridge(bridge_source, saved_bridge))
 
     from alignx_jax import interop
     from alignx_jax.models import sharding

@@ -40,8 +40,11 @@ def register(subparsers) -> None:
                    help="with --prompt: a JSON file with one user's persona (an AlignX record, or an object with its "
                         "'User-Generated Content' / 'Pair-wise Comparative Feedback' / 'Demographic Information')")
     p.add_argument("--mode", default="ica", choices=("ica", "pba_text"), help="how the persona enters the prompt")
-    p.add_argument("--profile", default="auto", choices=("auto", "official", "golden", "precomputed"),
-                   help="pba_text: the profile source")
+    p.add_argument("--profile", default="auto", choices=eval_cli.PROFILE_SOURCES,
+                   help="pba_text: the profile source (learned: the MAP labels of a preference bridge, see --bridge)")
+    p.add_argument("--bridge", default=None, metavar="MODEL",
+                   help="with --data, --profile learned: the model folder whose preference bridge writes the profiles "
+                        "(default: --model)")
     p.add_argument("--policy-layout", default="eval", choices=("eval", "train"), help="ica: the prompt layout")
     p.add_argument("--limit", type=int, help="N records, taken evenly across personas")
     p.add_argument("--per-persona", type=int, help="the first N records of each persona")
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.prompt is None and (args.preference or args.persona is not None):
         raise InputError("--preference and --persona go with --prompt (with --data the persona is each record's)")
+    if args.prompt is not None and args.bridge is not None:
+        raise InputError("--bridge goes with --data (with --prompt, --persona is read by the model's own bridge)")
     eval_cli.check_model_path("--model", args.model)
     if args.prompt is not None:
         return _answer_one(args, sampling)
@@ -234,12 +239,15 @@ def _answer_file(args: argparse.Namespace, sampling) -> int:
     out = output_path(args.out, kind="file", suffixes=(".jsonl",), flag="--out")
     records, indices = eval_cli.select_records(args.data, limit=args.limit, per_persona=args.per_persona)
     eval_cli.check_persona_items(records, indices, args.persona_items, args.data)
-    mode = evaluation.resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile)
-    if args.mode == "pba_text":
+    bridge_source = eval_cli.profile_bridge_source(args, "--model")
+    reader = eval_cli.load_profile_bridge(bridge_source) if bridge_source else None
+    mode = evaluation.resolve_mode(args.mode, layout=args.policy_layout, profile=args.profile, bridge=reader)
+    if args.mode == "pba_text" and reader is None:
         eval_cli.check_profiles(mode, records, indices, args.persona_items, args.data)
     settings = {
         "model": evaluation.model_fingerprint(args.model), "data": evaluation.file_fingerprint(args.data)["sha256"],
         "mode": args.mode, "profile": args.profile if args.mode == "pba_text" else None,
+        **({"bridge": evaluation.model_fingerprint(bridge_source)} if bridge_source else {}),
         "policy_layout": args.policy_layout if args.mode == "ica" else None, "history": args.history,
         "persona_items": args.persona_items, "temperature": args.temperature, "top_k": args.top_k,
         "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "dtype": args.dtype,

@@ -27,7 +27,7 @@ PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 MODE_NAMES = ("ica", "pba_text", "pba_soft")
 TEXT_MODES = ("ica", "pba_text")
 ICA_LAYOUTS = ("eval", "train")
-PROFILE_SOURCES = ("auto", "official", "golden", "precomputed")
+PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
 
 Render = Callable[[data.History], data.ChatPrompt]
 
@@ -115,18 +115,27 @@ class IcaMode(EvalMode):
 class PbaTextMode(EvalMode):
     """`profile`: "precomputed" (the benchmark's `profile` field), "official" (the official rule over
     the shown history's direction vectors), "golden" (the record's own direction: an upper bound,
-    the paper's "PBA with the true preference directions"), "auto" (precomputed when the record has
+    the paper's "PBA with the true preference directions"), "learned" (the MAP labels of a learned
+    preference bridge, `bridge`, reading the shown history), "auto" (precomputed when the record has
     a `profile`, else official)."""
 
     name: str = "pba_text"
     profile: str = "auto"
+    bridge: Any = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
         if self.profile not in PROFILE_SOURCES:
             raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
+        if (self.profile == "learned") != (self.bridge is not None):
+            raise InputError("profile source 'learned' goes with a preference bridge, and a bridge with it: "
+                             "PbaTextMode(profile='learned', bridge=bridge.PersonaBridge(bridge.load(folder), tokenizer))")
 
     def profile_text(self, record: Mapping[str, Any], history: data.History, index: int) -> str:
         source = self.profile
+        if source == "learned":
+            from alignx_jax import bridge
+
+            return bridge.map_profile(self.bridge.distributions([history], [record])[0])
         if source == "auto":
             source = "precomputed" if record.get(prefs.PROFILE) else "official"
         try:
@@ -164,19 +173,10 @@ class PbaSoftMode(EvalMode):
 
     def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
         prompt = record[prefs.PROMPT]
-        if self.bridge.soft:
-            text = data.soft_profile(self.bridge.num_slots)
-            return lambda history: data.pba_prompt(prompt, text, evaluation=True)
-        cache: dict[str, str] = {}
-
-        def render(history: data.History) -> data.ChatPrompt:
-            if "profile" not in cache:
-                from alignx_jax import bridge
-
-                cache["profile"] = bridge.map_profile(self.bridge.distributions([history], [record])[0])
-            return data.pba_prompt(prompt, cache["profile"], evaluation=True)
-
-        return render
+        if not self.bridge.soft:
+            return PbaTextMode(profile="learned", bridge=self.bridge).policy_render(record, index)
+        text = data.soft_profile(self.bridge.num_slots)
+        return lambda history: data.pba_prompt(prompt, text, evaluation=True)
 
     def score_policy(self, score, params, config, arrays, records, histories=None, **kwargs):
         if not self.bridge.soft:
@@ -190,14 +190,16 @@ class PbaSoftMode(EvalMode):
         return score(params, config, arrays, soft_tokens=padded, **kwargs)
 
 
-def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto") -> EvalMode:
-    """An `EvalMode` from its name ("ica", "pba_text"); an `EvalMode` passes through."""
+def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto", bridge: Any = None
+                 ) -> EvalMode:
+    """An `EvalMode` from its name ("ica", "pba_text"; `bridge` a `bridge.PersonaBridge` for the
+    profile source "learned"); an `EvalMode` passes through."""
     if isinstance(mode, EvalMode):
         return mode
     if mode == "ica":
         return IcaMode(layout=layout)
     if mode == "pba_text":
-        return PbaTextMode(profile=profile)
+        return PbaTextMode(profile=profile, bridge=bridge)
     if mode == "pba_soft":
         raise InputError("mode pba_soft needs the policy's preference bridge: pass "
                          "evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy), tokenizer))")

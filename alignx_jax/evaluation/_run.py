@@ -23,7 +23,7 @@ RUN = "run.json"
 # Settings that change the scores; a folder's run.json must match them to be resumed. The record
 # selection (--limit / --per-persona) and beta are not among them: rows are keyed by record index.
 IDENTITY_KEYS = ("policy", "reference", "data", "mode", "history", "persona_items", "profile", "policy_layout",
-                 "max_length", "dtype")
+                 "max_length", "dtype", "bridge")
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 
 from alignx_jax import bridge, cli, data, evaluation, interop, kernels
 from alignx_jax import preferences as prefs
+from alignx_jax.errors import InputError
 from alignx_jax.models import llama, scoring
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cli"))
@@ -126,3 +127,45 @@ def test_generate_follows_preferences_and_persona(official_labels, policy, tmp_p
     want = prefs.official_profile_direction(data.full_history(persona).directions())
     want[prefs.lookup("Likes science")[0].index] = 0.5
     assert f"preferences: {prefs.profile_text(want)}\n" in capsys.readouterr().err
+
+
+def test_learned_profile_is_the_bridges_map_labels(policy):
+    reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    mode = evaluation.resolve_mode("pba_text", profile="learned", bridge=reader)
+    profiles = []
+    for index, record in enumerate(policy["records"]):
+        history = data.full_history(record)
+        want = bridge.map_profile(reader.distributions([history], [record])[0])
+        assert mode.policy_render(record, index)(history) == data.pba_prompt(record["prompt"], want, evaluation=True)
+        profiles.append(want)
+    assert any(profiles)  # the random bridge marks some dimension, so the check above sees labels
+    with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
+        evaluation.PbaTextMode(profile="learned")
+    with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
+        evaluation.PbaTextMode(profile="official", bridge=reader)
+
+
+def test_alignx_eval_profile_learned_reads_another_models_bridge(policy, tmp_path, capsys):
+    plain = tmp_path / "plain"  # the policy without a bridge; the profiles come from --bridge
+    interop.save_native(policy["params"], policy["config"], plain, tokenizer=policy["tok"])
+    out = tmp_path / "eval"
+    args = ["eval", "--policy", str(plain), "--reference", str(plain), "--data", str(policy["data"]),
+            "--mode", "pba_text", "--profile", "learned", "--max-length", "512"]
+    assert cli.main([*args, "--bridge", policy["policy"], "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["bridge"]["conditioning"] == "soft" and run["bridge"]["model"]["source"] == policy["policy"]
+    scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    model = (policy["params"], policy["config"])
+    want = evaluation.score_records(policy["records"], policy=model, reference=model, tokenizer=policy["tok"],
+                                    mode=evaluation.PbaTextMode(profile="learned", bridge=reader),
+                                    seq_lengths=(256, 512))
+    assert [s["policy_chosen_logp"] for s in scores] == pytest.approx([w["policy_chosen_logp"] for w in want],
+                                                                      abs=1e-4)
+    capsys.readouterr()
+    for extra, message in (
+            ([], f"--profile learned needs a preference bridge: --policy {plain} has none"),
+            (["--profile", "official", "--bridge", policy["policy"]], "--bridge goes with --mode pba_text --profile learned")):
+        assert cli.main([*args, *extra, "--out", str(tmp_path / "refused")]) == 2
+        assert f"error: {message}" in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
