@@ -42,7 +42,8 @@ class BridgeConfig:
 
     backbone_size: D of the backbone whose hidden states encode the items; encoder_layer: how many
     of its decoder layers run; persona_size: P; hidden_size: the bridge MLP's width (0: a linear
-    bridge); soft_tokens: K virtual tokens of model_size (the policy's D) each.
+    bridge); soft_tokens: K virtual tokens of model_size (the policy's D) each; soft_select: how a
+    distribution makes them (`soft_tokens`: "sum" or "top_dimensions").
     """
 
     backbone_size: int
@@ -51,8 +52,11 @@ class BridgeConfig:
     persona_size: int = 128
     hidden_size: int = 256
     soft_tokens: int = 4
+    soft_select: str = "sum"
 
     def __post_init__(self):
+        if self.soft_select not in _rules.SOFT_SELECTIONS:
+            raise ValueError(f"BridgeConfig.soft_select must be one of {_rules.SOFT_SELECTIONS}, got {self.soft_select!r}")
         for name in ("backbone_size", "model_size", "encoder_layer", "persona_size", "hidden_size", "soft_tokens"):
             if getattr(self, name) < (0 if name == "hidden_size" else 1):
                 raise ValueError(f"BridgeConfig.{name} must be >= {0 if name == 'hidden_size' else 1}, "

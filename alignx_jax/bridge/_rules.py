@@ -137,10 +137,26 @@ def edits_from_labels(settings: Mapping[str, str]) -> tuple[list[int], list[floa
     return dims, values
 
 
-def soft_tokens(table: chex.Array, distribution: chex.Array) -> chex.Array:
-    """Soft preference tokens [B, K, D]: token k = sum over (d, c) of p[b, d, c] * table[k, d, c].
+SOFT_SELECTIONS = ("sum", "top_dimensions")
 
-    table: [K, 90, 3, D] learned (dimension, direction) embeddings; distribution: [B, 90, 3].
+
+def soft_tokens(table: chex.Array, distribution: chex.Array, select: str = "sum") -> chex.Array:
+    """Soft preference tokens [B, K, D] from a learned (dimension, direction) table [K, 90, 3, D] and
+    distributions [B, 90, 3].
+
+    sum: token k = sum over (d, c) of p[b, d, c] * table[k, d, c]; every dimension in every token.
+    top_dimensions: token k = sum over c of p[b, d_k, c] * table[k, d_k, c], d_k the dimension with
+    the k-th largest marked probability 1 - p[b, d, neutral]: one dimension per token, as one label
+    of the profile text (which d_k is chosen is not differentiated; p and the table are).
     """
     chex.assert_rank([table, distribution], [4, 3])
-    return jnp.einsum("bdc,kdce->bke", distribution.astype(table.dtype), table)
+    distribution = distribution.astype(table.dtype)
+    if select == "sum":
+        return jnp.einsum("bdc,kdce->bke", distribution, table)
+    if select != "top_dimensions":
+        raise ValueError(f"soft token selection must be one of {SOFT_SELECTIONS}, got {select!r}")
+    num_tokens = table.shape[0]
+    _, dims = jax.lax.top_k(1.0 - distribution[..., NEUTRAL], num_tokens)  # [B, K]
+    weights = jnp.take_along_axis(distribution, dims[..., None], axis=1)  # [B, K, 3]
+    entries = table[jnp.arange(num_tokens)[None, :], dims]  # [B, K, 3, D]
+    return jnp.einsum("bkc,bkce->bke", weights, entries)

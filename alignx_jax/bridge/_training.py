@@ -177,7 +177,8 @@ def setup(section: Any, *, train_records: list[dict], heldout_records: list[dict
                          f"{model.num_layers} layers")
     config = BridgeConfig(backbone_size=model.hidden_size, model_size=model.hidden_size,
                           encoder_layer=section.encoder_layer, persona_size=section.persona_size,
-                          hidden_size=section.hidden_size, soft_tokens=section.soft_tokens)
+                          hidden_size=section.hidden_size, soft_tokens=section.soft_tokens,
+                          soft_select=section.soft_select)
     backbone = backbone_config = None
     if section.mode == "learned":
         # A copy of the start model's first layers: the policy trains on, the encoder stays as it was.
@@ -257,7 +258,7 @@ def heldout_soft_tokens(setup: BridgeSetup, trained: dict | None) -> np.ndarray:
     """[N_heldout, K, D] soft tokens of the held-out personas under the current bridge."""
     params = current_params(setup, trained)
     dist = _distributions(setup, params, setup.heldout, setup.heldout_records)
-    return np.asarray(soft_tokens(jnp.asarray(params["soft"]["table"]), jnp.asarray(dist)))
+    return np.asarray(soft_tokens(jnp.asarray(params["soft"]["table"]), jnp.asarray(dist), setup.config.soft_select))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +325,7 @@ def probe_soft_tokens(setup: BridgeSetup, trained: dict | None, found: Sequence[
     if edited:
         dist = jax.vmap(set_preferences)(dist, jnp.asarray([[p.dim] for p in found]),
                                                     jnp.asarray([[1.0 - p.value] for p in found]))
-    return np.asarray(soft_tokens(jnp.asarray(params["soft"]["table"]), dist))
+    return np.asarray(soft_tokens(jnp.asarray(params["soft"]["table"]), dist, setup.config.soft_select))
 
 
 def saved_bridge(setup: BridgeSetup, trained: dict | None) -> SavedBridge:

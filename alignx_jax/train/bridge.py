@@ -56,6 +56,7 @@ class BridgeStep:
     ce_weight: float
     class_weights: tuple  # [90][3] floats (or [1][3]), `bridge.class_weights` as nested tuples
     optimizer: Any  # optax.GradientTransformation of the bridge params
+    soft_select: str = "sum"  # `bridge.soft_tokens`' selection
 
     def distribution(self, params, micro):
         if self.joint:
@@ -64,7 +65,7 @@ class BridgeStep:
         return micro["persona_dist"]
 
     def soft_tokens(self, params, micro):
-        return bridge_lib.soft_tokens(params["soft"]["table"], self.distribution(params, micro))
+        return bridge_lib.soft_tokens(params["soft"]["table"], self.distribution(params, micro), self.soft_select)
 
     def aux_loss(self, params, micro):
         """(summed ce_weight * CE over valid pairs, summed metrics) — zero without joint training."""
@@ -86,7 +87,7 @@ def step_spec(setup: BridgeSetup | None, optimizer_config: OptimizerConfig, step
     if optimizer_config.clip_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(optimizer_config.clip_norm), optimizer)
     weights = tuple(map(tuple, np.asarray(setup.class_weights, float).reshape(-1, bridge_lib.NUM_CLASSES)))
-    return BridgeStep(setup.section.joint, setup.section.ce_weight, weights, optimizer)
+    return BridgeStep(setup.section.joint, setup.section.ce_weight, weights, optimizer, setup.section.soft_select)
 
 
 def trainable_params(setup: BridgeSetup) -> dict:

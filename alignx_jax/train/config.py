@@ -166,6 +166,10 @@ class BridgeSection:
     # The soft-token table's start: random (small normal), or labels (each entry the embedding of its
     # label's words, `bridge.label_table`, so that a token starts as the profile text's words).
     soft_init: Literal["random", "labels"] = "random"
+    # How a distribution makes the K tokens: "sum" (each token sums every dimension's entry) or
+    # "top_dimensions" (token k is the k-th most surely marked dimension's entry alone, one label per
+    # token as in the profile text): `bridge.soft_tokens`.
+    soft_select: Literal["sum", "top_dimensions"] = "sum"
     encoder_layer: int = 1
     encoder_trainable: bool = False  # the encoder's backbone layers learn during pretraining, then freeze
     persona_size: int = 128

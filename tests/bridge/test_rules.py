@@ -126,3 +126,29 @@ def test_soft_tokens_are_the_probability_weighted_table_rows():
     one_hot = bridge.direction_distribution(jnp.full((1, prefs.NUM_DIMENSIONS), 0.5))
     np.testing.assert_allclose(np.asarray(bridge.soft_tokens(table, one_hot))[0],
                                np.asarray(table)[:, :, bridge.NEUTRAL].sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_top_dimension_tokens_each_read_one_dimension():
+    rng = np.random.default_rng(1)
+    table = jnp.asarray(rng.standard_normal((4, prefs.NUM_DIMENSIONS, 3, 5)), jnp.float32)
+    dist = jax.nn.softmax(jnp.asarray(rng.standard_normal((3, prefs.NUM_DIMENSIONS, 3))), -1)
+    got = np.asarray(bridge.soft_tokens(table, dist, "top_dimensions"))
+    p, t = np.asarray(dist, np.float64), np.asarray(table, np.float64)
+    for b in range(3):  # a loop over users and slots: slot k reads the k-th most surely marked dimension
+        order = sorted(range(prefs.NUM_DIMENSIONS), key=lambda d: -(1 - p[b, d, bridge.NEUTRAL]))
+        for k in range(4):
+            np.testing.assert_allclose(got[b, k], p[b, order[k]] @ t[k, order[k]], rtol=1e-5, atol=1e-5)
+    # A user marked on two dimensions (a one-hot distribution) over a table whose neutral entries are
+    # 0, as `label_table` starts: the first two tokens are those labels' entries, the rest are 0.
+    direction = np.full(prefs.NUM_DIMENSIONS, 0.5, np.float32)
+    direction[[7, 40]] = [1.0, 0.0]
+    table = table.at[:, :, bridge.NEUTRAL].set(0.0)
+    tokens = np.asarray(bridge.soft_tokens(table, bridge.direction_distribution(jnp.asarray(direction))[None],
+                                           "top_dimensions"))[0]
+    np.testing.assert_allclose(tokens[0], np.asarray(table)[0, 7, bridge.POSITIVE], rtol=1e-6)
+    np.testing.assert_allclose(tokens[1], np.asarray(table)[1, 40, bridge.NEGATIVE], rtol=1e-6)
+    np.testing.assert_array_equal(tokens[2:], 0.0)
+    grad = jax.grad(lambda d: bridge.soft_tokens(table, d, "top_dimensions").sum())(dist)
+    assert np.isfinite(np.asarray(grad)).all() and np.count_nonzero(np.asarray(grad).any(-1)) == 3 * 4
+    with pytest.raises(ValueError, match="must be one of \\('sum', 'top_dimensions'\\), got 'max'"):
+        bridge.soft_tokens(table, dist, "max")

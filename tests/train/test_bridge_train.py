@@ -103,7 +103,8 @@ TINY = {
 # The text profile run re-checks the loop the soft run drives: in the slow set (~15 s).
 @pytest.mark.parametrize("conditioning", ["soft", pytest.param("text", marks=pytest.mark.slow)])
 def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
-    bridge_section = {**TINY["bridge"], "conditioning": conditioning, "joint": conditioning == "soft"}
+    bridge_section = {**TINY["bridge"], "conditioning": conditioning, "joint": conditioning == "soft",
+                      "soft_select": "top_dimensions" if conditioning == "soft" else "sum"}
     out = tmp_path / "run"
     summary = train(config_from_dict({**TINY, "bridge": bridge_section, "out_dir": str(out)}))
     saved = json.loads((out / "summary.json").read_text())
@@ -118,6 +119,7 @@ def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     assert summary["bridge_conditioning"] == conditioning
     loaded = bridge.load(out / "model")
     assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens) == ("learned", conditioning, 2)
+    assert loaded.config.soft_select == bridge_section["soft_select"]
     assert loaded.params["soft"]["table"].shape == (2, 90, 3, 32)
     assert loaded.backbone_config.num_layers == 1 and "backbone" in loaded.params
 
@@ -192,5 +194,16 @@ def test_a_label_initialized_table_makes_a_users_tokens_the_sum_of_their_labels_
     assert tokens.shape == (2, 32)
     for k in range(2):  # every slot starts as the profile's words
         np.testing.assert_allclose(tokens[k], expected, rtol=1e-5, atol=1e-6)
+    # One dimension per slot: slot k starts as the words of the user's k-th marked label (ties in
+    # marked probability go to the lower dimension index), a slot past the marks as nothing.
+    top = bridge.soft_tokens(jnp.asarray(setup.params["soft"]["table"]),
+                             bridge.direction_distribution(jnp.asarray(direction))[None], "top_dimensions")[0]
+    labels = [words(dim.positive if direction[dim.index] == prefs.POSITIVE else dim.negative)
+              for dim in prefs.dimensions() if direction[dim.index] != prefs.NEUTRAL]
+    assert len(labels) >= 1
+    for k in range(2):
+        np.testing.assert_allclose(top[k], labels[k] if k < len(labels) else 0.0, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="soft_init"):
         config_from_dict({**TINY, "bridge": {**TINY["bridge"], "soft_init": "words"}})
+    with pytest.raises(ConfigError, match="soft_select"):
+        config_from_dict({**TINY, "bridge": {**TINY["bridge"], "soft_select": "max"}})
