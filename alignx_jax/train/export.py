@@ -52,25 +52,35 @@ def per_dimension_controllability(rows: list[dict], found, *, beta: float) -> di
             "controllability_worst_dimension": min((v["accuracy"] for v in per.values()), default=None)}
 
 
+def _seen_unseen_groups(rows: list[dict], unseen_personas: frozenset[str]) -> dict[str, list[dict]]:
+    return {group: [r for r in rows if (r["persona"] in unseen_personas) == (group == "unseen")]
+            for group in ("seen", "unseen")}
+
+
+def seen_unseen_figures(rows: list[dict], unseen_personas: frozenset[str], *, beta: float) -> dict:
+    """The held-out records of unseen personas (`eval_unseen_*`: users of dimensions no training user
+    marks) and of the others (`eval_seen_*`), each as the whole set's: the paper's metric and the
+    policy-only view, mean and worst persona, and n (a group without records: None, n 0). Written
+    at every held-out evaluation (metrics.jsonl, `eval_history`) and in summary.json."""
+    out = {}
+    for group, picked in _seen_unseen_groups(rows, unseen_personas).items():
+        report = evaluation.summarize(picked, beta=beta) if picked else None
+        out.update({f"eval_{group}_{key}": report and report[key] for key in
+                    ("accuracy", "accuracy_logp", "worst_persona_accuracy", "worst_persona_accuracy_logp")})
+        out[f"eval_{group}_n"] = len(picked)
+    return out
+
+
 def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_personas: frozenset[str], *,
                        beta: float) -> dict:
-    """summary.json's figures of the held-out records of unseen personas (`eval_unseen_*`: users of
-    dimensions no training user marks) and of the others (`eval_seen_*`), each as the whole set's:
-    the paper's metric and the policy-only view, mean and worst persona, per persona, the start
-    model's policy-only view. A group without scored records gets None."""
-    out = {}
-    for group in ("seen", "unseen"):
-        def member(row, unseen=group == "unseen"):
-            return (row["persona"] in unseen_personas) == unseen
-        picked = [r for r in rows if member(r)]
+    """summary.json's seen / unseen figures: `seen_unseen_figures`, each group's per persona, and the
+    start model's policy-only view (None for a group without scored records)."""
+    out = seen_unseen_figures(rows, unseen_personas, beta=beta)
+    groups, before_groups = _seen_unseen_groups(rows, unseen_personas), _seen_unseen_groups(before_rows, unseen_personas)
+    for group, picked in groups.items():
         report = evaluation.summarize(picked, beta=beta) if picked else None
-        before = evaluation.summarize([r for r in before_rows if member(r)], beta=beta) if picked else None
+        before = evaluation.summarize(before_groups[group], beta=beta) if picked else None
         out.update({
-            f"eval_{group}_accuracy": report and report["accuracy"],
-            f"eval_{group}_accuracy_logp": report and report["accuracy_logp"],
-            f"eval_{group}_worst_persona_accuracy": report and report["worst_persona_accuracy"],
-            f"eval_{group}_worst_persona_accuracy_logp": report and report["worst_persona_accuracy_logp"],
-            f"eval_{group}_n": len(picked),
             f"per_persona_{group}": report and report["per_persona"],
             f"eval_{group}_accuracy_logp_before": before and before["accuracy_logp"],
             f"eval_{group}_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],

@@ -154,9 +154,12 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
                                          f"the last checkpoint is intact")
             last_row = row
             if held is not None and config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
-                report = evaluation.summarize(heldout_lib.policy_rows(run, held, state), beta=config.beta)
-                row.update(_eval_row(step + 1, report))
-                eval_rows.append(_eval_row(step + 1, report))
+                scored = heldout_lib.policy_rows(run, held, state)
+                entry = _eval_row(step + 1, evaluation.summarize(scored, beta=config.beta))
+                if run.splits.unseen_personas:
+                    entry.update(export.seen_unseen_figures(scored, run.splits.unseen_personas, beta=config.beta))
+                row.update(entry)
+                eval_rows.append(entry)
             if writer is not None and ((step + 1) % config.log_every == 0 or "eval_accuracy" in row):
                 writer.write(row)
             reporter.step(step + 1, row)

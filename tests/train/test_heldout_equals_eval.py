@@ -33,7 +33,7 @@ def trained(tmp_path_factory, request):
     interop.save_native(params, config, start, tokenizer=interop.load_tokenizer(interop.EMBEDDED_ALIAS))
     out = root / "run"
     summary = train(config_from_dict({
-        "seed": 0, "steps": 3, "checkpoint_every": 3, "out_dir": str(out), "model": {"name": str(start)},
+        "seed": 0, "steps": 3, "checkpoint_every": 3, "eval_every": 2, "out_dir": str(out), "model": {"name": str(start)},
         "data": {"synthetic": {"users": 8, "records_per_user": 4, "history_items": 1, "dimensions": SEEN},
                  "heldout_synthetic": {"users": 4, "records_per_user": 3, "history_items": 2, "dimensions": SEEN},
                  "heldout_unseen": {"users": 4, "records_per_user": 2, "history_items": 2, "dimensions": UNSEEN},
@@ -81,5 +81,15 @@ def test_seen_and_unseen_figures_equal_alignx_eval_of_their_records(trained):
         assert {p: (s["accuracy"], s["accuracy_logp"]) for p, s in summary[f"per_persona_{group}"].items()} == \
             {p: (s["accuracy"], s["accuracy_logp"]) for p, s in report["per_persona"].items()}
         assert summary[f"eval_{group}_accuracy_logp_before"] is not None
+    # The evaluation at step 2 splits the same way: the two groups make up the whole set's figures.
+    (interval,) = summary["eval_history"]
+    assert interval["step"] == 2 and interval["eval_seen_n"] == 12 and interval["eval_unseen_n"] == 8
+    for key in ("accuracy", "accuracy_logp"):
+        assert (12 * interval[f"eval_seen_{key}"] + 8 * interval[f"eval_unseen_{key}"]) / 20 == \
+            pytest.approx(interval[f"eval_{key}"])
+        assert interval[f"eval_worst_persona_{key}"] == min(interval[f"eval_seen_worst_persona_{key}"],
+                                                             interval[f"eval_unseen_worst_persona_{key}"])
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in logged if "eval_seen_accuracy" in r][0]["eval_seen_accuracy"] == interval["eval_seen_accuracy"]
     assert set(summary["per_persona_seen"]).isdisjoint(summary["per_persona_unseen"])
     assert set(summary["per_persona_seen"]) | set(summary["per_persona_unseen"]) == set(summary["per_persona"])
