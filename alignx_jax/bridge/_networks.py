@@ -56,7 +56,8 @@ class BridgeConfig:
 
     def __post_init__(self):
         if self.soft_select not in _rules.SOFT_SELECTIONS:
-            raise ValueError(f"BridgeConfig.soft_select must be one of {_rules.SOFT_SELECTIONS}, got {self.soft_select!r}")
+            raise ValueError(f"BridgeConfig.soft_select must be one of {_rules.SOFT_SELECTIONS}, "
+                             f"got {self.soft_select!r}")
         for name in ("backbone_size", "model_size", "encoder_layer", "persona_size", "hidden_size", "soft_tokens"):
             if getattr(self, name) < (0 if name == "hidden_size" else 1):
                 raise ValueError(f"BridgeConfig.{name} must be >= {0 if name == 'hidden_size' else 1}, "

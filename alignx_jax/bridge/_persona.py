@@ -214,7 +214,8 @@ class PersonaBridge:
 
     def soft_tokens(self, dist: np.ndarray) -> np.ndarray:
         """[N, K, D] soft preference tokens of distributions [N, 90, 3]."""
-        return np.asarray(_rules.soft_tokens(self.params["soft"]["table"], jnp.asarray(dist), self.saved.config.soft_select))
+        table = self.params["soft"]["table"]
+        return np.asarray(_rules.soft_tokens(table, jnp.asarray(dist), self.saved.config.soft_select))
 
 
 def history_record(history: data.History) -> dict:

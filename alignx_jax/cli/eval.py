@@ -17,7 +17,8 @@ import time
 from alignx_jax.errors import InputError, MissingFileError, read_json
 
 MODES = ("ica", "pba_text", "pba_soft")
-PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
+PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")  # evaluation.PROFILE_SOURCES, kept
+# here so that `alignx --help` needs no JAX import (a test holds them equal)
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 
 

@@ -35,6 +35,7 @@ from alignx_jax.evaluation._metrics import (
 from alignx_jax.evaluation._modes import (
     MODE_NAMES,
     PERSONA_ITEMS,
+    PROFILE_SOURCES,
     EvalMode,
     IcaMode,
     PbaSoftMode,
@@ -58,7 +59,7 @@ __all__ = [
     "model_fingerprint",
     "DEFAULT_BETA", "bootstrap_ci", "breakdown", "correct", "correct_logp", "group_stats", "reward_margins",
     "row_order", "summarize", "worst_persona",
-    "MODE_NAMES", "PERSONA_ITEMS", "EvalMode", "IcaMode", "PbaSoftMode", "PbaTextMode", "item_types",
+    "MODE_NAMES", "PERSONA_ITEMS", "PROFILE_SOURCES", "EvalMode", "IcaMode", "PbaSoftMode", "PbaTextMode", "item_types",
     "persona_history",
     "resolve_mode",
     "PairScorer", "EVAL_SEQ_LENGTHS", "iter_scores", "score_records",

@@ -128,7 +128,8 @@ class PbaTextMode(EvalMode):
             raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
         if (self.profile == "learned") != (self.bridge is not None):
             raise InputError("profile source 'learned' goes with a preference bridge, and a bridge with it: "
-                             "PbaTextMode(profile='learned', bridge=bridge.PersonaBridge(bridge.load(folder), tokenizer))")
+                             "PbaTextMode(profile='learned', "
+                             "bridge=bridge.PersonaBridge(bridge.load(folder), tokenizer))")
 
     def profile_text(self, record: Mapping[str, Any], history: data.History, index: int) -> str:
         source = self.profile

@@ -76,8 +76,8 @@ def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_persona
     """summary.json's seen / unseen figures: `seen_unseen_figures`, each group's per persona, and the
     start model's policy-only view (None for a group without scored records)."""
     out = seen_unseen_figures(rows, unseen_personas, beta=beta)
-    groups, before_groups = _seen_unseen_groups(rows, unseen_personas), _seen_unseen_groups(before_rows, unseen_personas)
-    for group, picked in groups.items():
+    before_groups = _seen_unseen_groups(before_rows, unseen_personas)
+    for group, picked in _seen_unseen_groups(rows, unseen_personas).items():
         report = evaluation.summarize(picked, beta=beta) if picked else None
         before = evaluation.summarize(before_groups[group], beta=beta) if picked else None
         out.update({

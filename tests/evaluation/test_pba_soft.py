@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alignx_jax import bridge, cli, data, evaluation, interop, kernels
+from alignx_jax.cli import eval as eval_cli
 from alignx_jax import preferences as prefs
 from alignx_jax.errors import InputError
 from alignx_jax.models import llama, scoring
@@ -139,6 +140,7 @@ def test_learned_profile_is_the_bridges_map_labels(policy):
         assert mode.policy_render(record, index)(history) == data.pba_prompt(record["prompt"], want, evaluation=True)
         profiles.append(want)
     assert any(profiles)  # the random bridge marks some dimension, so the check above sees labels
+    assert eval_cli.PROFILE_SOURCES == evaluation.PROFILE_SOURCES  # the CLI's choices
     with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
         evaluation.PbaTextMode(profile="learned")
     with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
@@ -165,7 +167,8 @@ def test_alignx_eval_profile_learned_reads_another_models_bridge(policy, tmp_pat
     capsys.readouterr()
     for extra, message in (
             ([], f"--profile learned needs a preference bridge: --policy {plain} has none"),
-            (["--profile", "official", "--bridge", policy["policy"]], "--bridge goes with --mode pba_text --profile learned")):
+            (["--profile", "official", "--bridge", policy["policy"]],
+             "--bridge goes with --mode pba_text --profile learned")):
         assert cli.main([*args, *extra, "--out", str(tmp_path / "refused")]) == 2
         assert f"error: {message}" in capsys.readouterr().err
         assert not (tmp_path / "refused").exists()

@@ -33,7 +33,8 @@ def trained(tmp_path_factory, request):
     interop.save_native(params, config, start, tokenizer=interop.load_tokenizer(interop.EMBEDDED_ALIAS))
     out = root / "run"
     summary = train(config_from_dict({
-        "seed": 0, "steps": 3, "checkpoint_every": 3, "eval_every": 2, "out_dir": str(out), "model": {"name": str(start)},
+        "seed": 0, "steps": 3, "checkpoint_every": 3, "eval_every": 2, "out_dir": str(out),
+        "model": {"name": str(start)},
         "data": {"synthetic": {"users": 8, "records_per_user": 4, "history_items": 1, "dimensions": SEEN},
                  "heldout_synthetic": {"users": 4, "records_per_user": 3, "history_items": 2, "dimensions": SEEN},
                  "heldout_unseen": {"users": 4, "records_per_user": 2, "history_items": 2, "dimensions": UNSEEN},
