@@ -52,9 +52,20 @@ def per_dimension_controllability(rows: list[dict], found, *, beta: float) -> di
             "controllability_worst_dimension": min((v["accuracy"] for v in per.values()), default=None)}
 
 
-def _seen_unseen_groups(rows: list[dict], unseen_personas: frozenset[str]) -> dict[str, list[dict]]:
-    return {group: [r for r in rows if (r["persona"] in unseen_personas) == (group == "unseen")]
-            for group in ("seen", "unseen")}
+def _group_reports(rows: list[dict], unseen_personas: frozenset[str], *, beta: float) -> dict[str, dict | None]:
+    """{"seen" | "unseen": `evaluation.summarize` of the group's rows, None when it has none}."""
+    groups = {group: [r for r in rows if (r["persona"] in unseen_personas) == (group == "unseen")]
+              for group in ("seen", "unseen")}
+    return {group: evaluation.summarize(picked, beta=beta) if picked else None for group, picked in groups.items()}
+
+
+def _figures(reports: dict[str, dict | None]) -> dict:
+    out = {}
+    for group, report in reports.items():
+        out.update({f"eval_{group}_{key}": report and report[key] for key in
+                    ("accuracy", "accuracy_logp", "worst_persona_accuracy", "worst_persona_accuracy_logp")})
+        out[f"eval_{group}_n"] = report["n"] if report else 0
+    return out
 
 
 def seen_unseen_figures(rows: list[dict], unseen_personas: frozenset[str], *, beta: float) -> dict:
@@ -62,24 +73,18 @@ def seen_unseen_figures(rows: list[dict], unseen_personas: frozenset[str], *, be
     marks) and of the others (`eval_seen_*`), each as the whole set's: the paper's metric and the
     policy-only view, mean and worst persona, and n (a group without records: None, n 0). Written
     at every held-out evaluation (metrics.jsonl, `eval_history`) and in summary.json."""
-    out = {}
-    for group, picked in _seen_unseen_groups(rows, unseen_personas).items():
-        report = evaluation.summarize(picked, beta=beta) if picked else None
-        out.update({f"eval_{group}_{key}": report and report[key] for key in
-                    ("accuracy", "accuracy_logp", "worst_persona_accuracy", "worst_persona_accuracy_logp")})
-        out[f"eval_{group}_n"] = len(picked)
-    return out
+    return _figures(_group_reports(rows, unseen_personas, beta=beta))
 
 
 def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_personas: frozenset[str], *,
                        beta: float) -> dict:
     """summary.json's seen / unseen figures: `seen_unseen_figures`, each group's per persona, and the
     start model's policy-only view (None for a group without scored records)."""
-    out = seen_unseen_figures(rows, unseen_personas, beta=beta)
-    before_groups = _seen_unseen_groups(before_rows, unseen_personas)
-    for group, picked in _seen_unseen_groups(rows, unseen_personas).items():
-        report = evaluation.summarize(picked, beta=beta) if picked else None
-        before = evaluation.summarize(before_groups[group], beta=beta) if picked else None
+    reports = _group_reports(rows, unseen_personas, beta=beta)
+    befores = _group_reports(before_rows, unseen_personas, beta=beta)
+    out = _figures(reports)
+    for group, report in reports.items():
+        before = befores[group] if report else None
         out.update({
             f"per_persona_{group}": report and report["per_persona"],
             f"eval_{group}_accuracy_logp_before": before and before["accuracy_logp"],
