@@ -385,6 +385,14 @@ class RowPacker:
         self.used[-1] += pair.packed_length
         return True
 
+    def add_all(self, pairs: Sequence[EncodedPair]) -> bool:
+        """Adds every pair or none (a unit that must share a batch, e.g. twins); False: none was added."""
+        rows, used = [list(r) for r in self.rows], list(self.used)
+        if all(self.add(pair) for pair in pairs):
+            return True
+        self.rows, self.used = rows, used
+        return False
+
     @property
     def empty(self) -> bool:
         return not self.rows[0]

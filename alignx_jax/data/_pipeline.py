@@ -105,18 +105,24 @@ class _PackedBatchIterator(grain.DatasetIterator):
         packer = RowPacker(self._config)
         while True:
             if self._pending is not None:
-                state_before, (pair, stats) = self._pending
+                state_before, item = self._pending
                 self._pending = None
             else:
                 state_before = self._parent.get_state()
                 try:
-                    pair, stats = next(self._parent)
+                    item = next(self._parent)
                 except StopIteration:
                     break
-            if pair is not None and not packer.add(pair):
-                self._pending = (state_before, (pair, stats))
+            encoded = item if isinstance(item, list) else [item]  # a unit (list) is packed whole
+            pairs = [pair for pair, _ in encoded if pair is not None]
+            if pairs and not packer.add_all(pairs):
+                if packer.empty:
+                    raise ValueError(f"a unit of {len(pairs)} pairs does not fit one batch of "
+                                     f"{self._config.num_pair_slots} pair slots")
+                self._pending = (state_before, item)
                 break
-            self.stats.add(stats)
+            for _, stats in encoded:
+                self.stats.add(stats)
         if packer.empty:
             raise StopIteration
         return packer.batch()
@@ -156,6 +162,7 @@ def packed_batches(
     min_prompt_tokens: int = 16,
     on_long_response: str = "drop",
     read_options: grain.ReadOptions | None = None,
+    units: Sequence[Sequence[int]] | None = None,
 ) -> PackedBatchDataset:
     """The training/evaluation input pipeline over any random-access sequence of records (a list,
     or `tfds_records(...)` over the TFDS array_record files).
@@ -165,6 +172,8 @@ def packed_batches(
     same for every seed: `train.data.build_splits` reads only those) in its own shuffled order, so
     hosts see disjoint records.
     `iter(dataset)` gives a checkpointable iterator; its `.stats` count every cut and drop.
+    `units` (e.g. `twin_units(records)`): groups of record positions, each shuffled, sharded and packed
+    as one (its pairs always share a batch); None: every record is its own unit (the original order).
     """
     if shard_index is None or shard_count is None:
         import jax
@@ -172,14 +181,20 @@ def packed_batches(
         shard_index, shard_count = jax.process_index(), jax.process_count()
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
-    dataset = grain.MapDataset.source(records)
-    dataset = dataset.map_with_index(lambda index, record: (index, record))[shard_index::shard_count]
+    encode = lambda index, record: encode_record(  # noqa: E731
+        record, index, tokenizer=tokenizer, prompt_format=prompt_format, seed=seed, max_length=config.max_length,
+        min_prompt_tokens=min_prompt_tokens, on_long_response=on_long_response,
+    )
+    # Positions, not map_with_index: after `repeat` that index counts on past the end (epoch 2's records
+    # would be records n.., their persona draws and cached reference values another record's).
+    if units is None:
+        dataset = grain.MapDataset.range(len(records))[shard_index::shard_count]
+        item = lambda index: encode(index, records[index])  # noqa: E731
+    else:
+        dataset = grain.MapDataset.source([tuple(int(i) for i in unit) for unit in units])[shard_index::shard_count]
+        item = lambda unit: [encode(index, records[index]) for index in unit]  # noqa: E731
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     if num_epochs != 1:
         dataset = dataset.repeat(num_epochs)
-    encode = lambda item: encode_record(  # noqa: E731
-        item[1], item[0], tokenizer=tokenizer, prompt_format=prompt_format, seed=seed, max_length=config.max_length,
-        min_prompt_tokens=min_prompt_tokens, on_long_response=on_long_response,
-    )
-    return PackedBatchDataset(dataset.map(encode).to_iter_dataset(read_options), config)
+    return PackedBatchDataset(dataset.map(item).to_iter_dataset(read_options), config)

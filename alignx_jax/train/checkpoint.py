@@ -133,4 +133,6 @@ def saved_state(state: Any, *, with_frozen: bool = False) -> dict:
         saved["frozen"] = state.frozen
     if getattr(state, "bridge", None) is not None:
         saved.update(bridge=state.bridge, bridge_opt_state=state.bridge_opt_state)
+    if getattr(state, "group_weights", None) is not None:
+        saved["group_weights"] = state.group_weights
     return saved

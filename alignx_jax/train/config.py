@@ -23,6 +23,7 @@ REFERENCE_MODES = ("frozen", "precomputed", "lora")
 # kernels.ATTENTION_IMPLS and kernels.IMPLS, spelled here so a config is checked without importing jax.
 ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "pallas_gpu", "splash")
 KERNEL_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
+TWIN_LOSSES = ("cross_user",)  # losses.TWIN_LOSSES, likewise
 
 
 class ConfigError(InputError):
@@ -90,6 +91,9 @@ class DataConfig:
     max_pairs_per_row: int = 4
     on_long_response: Literal["drop", "truncate"] = "drop"
     scored_buckets: tuple[int, ...] = ()  # static scored-token counts (rows * T added last); () = powers of two up to rows * T
+    # Twin batches: records holding the same post and responses with opposite labels (data.twin_units)
+    # are shuffled and packed as one unit, so both twins train in the same step.
+    twins: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +214,13 @@ class TrainConfig:
     loss: str = "sigmoid"
     beta: float = 0.1
     loss_hparams: dict = dataclasses.field(default_factory=dict)
+    # A batch-level term over twin pairs (losses.TWIN_LOSSES: cross_user), added to `loss` with weight
+    # twin_loss_weight; needs data.twins.
+    twin_loss: str | None = None
+    twin_loss_weight: float = 1.0
+    # Group-robust weights over the training personas (GRPO's step size eta; 0: off): the loss is
+    # sum_g alpha_g * mean loss_g, alpha_g <- alpha_g * exp(eta * mean loss_g); alpha is checkpointed.
+    group_robust_eta: float = 0.0
     reference: Literal["frozen", "precomputed", "lora"] = "frozen"
     reference_cache_dir: str | None = None  # default: out_dir/../.reference_cache
     lora: LoraConfig = LoraConfig()
@@ -307,6 +318,18 @@ def _check_ranges(c: TrainConfig) -> None:
         if c.bridge.encoder_trainable and (c.bridge.mode != "learned" or not c.bridge.pretrain_steps):
             raise ConfigError("config key 'bridge.encoder_trainable' trains the encoder's layers during bridge "
                               "pretraining: it needs bridge.mode: learned and bridge.pretrain_steps > 0")
+    if c.twin_loss is not None:
+        if c.twin_loss not in TWIN_LOSSES:
+            raise ConfigError(f"config key 'twin_loss' must be one of {list(TWIN_LOSSES)}, got {c.twin_loss!r}")
+        if not c.data.twins:
+            raise ConfigError("config key 'twin_loss' reads twin pairs of one batch: set data.twins: true")
+    if c.twin_loss_weight < 0:
+        raise ConfigError(f"config key 'twin_loss_weight' must be >= 0, got {c.twin_loss_weight}")
+    if c.group_robust_eta < 0:
+        raise ConfigError(f"config key 'group_robust_eta' must be >= 0, got {c.group_robust_eta}")
+    if c.data.twins and c.data.rows * c.data.max_pairs_per_row < 2:
+        raise ConfigError("config key 'data.twins' packs twin pairs into one batch: it needs data.rows x "
+                          "data.max_pairs_per_row >= 2 pair slots")
     if not c.data.synthetic.users and not c.data.files:
         raise ConfigError("config key 'data' names no training records: set data.synthetic.users or data.files")
 

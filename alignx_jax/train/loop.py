@@ -44,6 +44,8 @@ from alignx_jax.train.step import TrainState, train_step
 __all__ = ["Reporter", "SilentReporter", "train"]
 
 
+MAX_LOGGED_GROUPS = 32  # metrics.jsonl rows carry the group-robust weights themselves up to this many personas
+
 def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, deadline: float | None = None) -> dict:
     """Run (or resume) the training the config describes; returns the summary (also in summary.json).
 
@@ -127,7 +129,7 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
         for step in range(start_step, config.steps):
             iteration_start = time.perf_counter()
             micro = [next(iterator).as_dict() for _ in range(config.optimizer.accumulation)]
-            extra = bridge_train.batch_extras(run.bridge, micro)
+            extra = {**bridge_train.batch_extras(run.bridge, micro), **run.pair_extras(micro)}
             if reference is not None:
                 looked_up = [reference_cache.lookup(reference, b["pair_source"]) for b in micro]
                 extra.update({k: np.stack([x[k] for x in looked_up]) for k in ("ref_chosen", "ref_rejected")})
@@ -149,6 +151,8 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
                    "tokens_per_s": float(step_metrics["tokens"]) / seconds, "mfu": flops / seconds / peak,
                    "compiled": shape not in compiled_shapes}
             compiled_shapes.add(shape)
+            if run.spec.num_groups and run.spec.num_groups <= MAX_LOGGED_GROUPS:  # alpha after the step
+                row["group_weights"] = np.asarray(jax.device_get(state.group_weights)).round(6).tolist()
             if not math.isfinite(row["loss"]):
                 raise FloatingPointError(f"step {step + 1}: the loss is {row['loss']} (lr {row['lr']:.3g}); "
                                          f"the last checkpoint is intact")

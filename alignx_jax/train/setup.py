@@ -15,7 +15,7 @@ import yaml
 
 from alignx_jax import bridge as bridge_lib
 from alignx_jax import data as data_lib
-from alignx_jax import evaluation
+from alignx_jax import evaluation, losses
 from alignx_jax.errors import InputError, check_output_parent
 from alignx_jax.models import llama
 from alignx_jax.train import bridge as bridge_train
@@ -66,6 +66,8 @@ class Run:
     schedule: Any
     buckets: tuple[int, ...]
     bridge: bridge_lib.BridgeSetup | None = None  # PBA conditioned by a preference bridge
+    twins: Any = None  # data.twins: the twin units of splits.train and each record's twin position (TwinTable)
+    groups: Any = None  # group_robust_eta > 0: int32 [records], each training record's persona id
 
     @property
     def scorer(self) -> evaluation.PairScorer:
@@ -82,7 +84,20 @@ class Run:
         return data_lib.packed_batches(
             self.splits.train, tokenizer=self.tokenizer,
             config=train_data.packing_config(config.data, jax.process_count()), prompt_format=self.prompt_format(),
-            seed=config.seed if seed is None else seed, num_epochs=None, on_long_response=config.data.on_long_response)
+            seed=config.seed if seed is None else seed, num_epochs=None, on_long_response=config.data.on_long_response,
+            units=None if self.twins is None else self.twins.units)
+
+    def pair_extras(self, micro: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """The per-pair arrays [A, P] that twin losses and group weights read (`pair_twin`, `pair_group`)."""
+        import numpy as np
+
+        extra = {}
+        if self.twins is not None:
+            extra["pair_twin"] = np.stack([data_lib.twin_slots(b["pair_source"], self.twins.of) for b in micro])
+        if self.groups is not None:
+            extra["pair_group"] = np.stack([np.where(b["pair_source"] >= 0, self.groups[np.maximum(b["pair_source"], 0)],
+                                                     -1).astype(np.int32) for b in micro])
+        return extra
 
     def start_params(self):
         """The start model again (precomputed mode keeps no reference in memory during the steps)."""
@@ -126,6 +141,35 @@ def _check_memory(config: config_lib.TrainConfig, mesh) -> None:
                          f"lower data.rows or use reference: precomputed / lora")
 
 
+@dataclasses.dataclass(frozen=True)
+class TwinTable:
+    units: list  # data.twin_units(train records)
+    of: Any  # int32 [records]: data.twin_of(units)
+
+
+def _batch_structure(config: config_lib.TrainConfig, splits: train_data.Splits):
+    """(TwinTable or None, persona ids or None, persona names) of the training records, as the config asks."""
+    import numpy as np
+
+    if (config.data.twins or config.group_robust_eta) and jax.process_count() > 1:
+        raise InputError("config keys 'data.twins' and 'group_robust_eta' read every training record on one "
+                         "process; run them on one host (several devices are fine)")
+    twins = None
+    if config.data.twins:
+        units = data_lib.twin_units(splits.train)
+        twins = TwinTable(units, data_lib.twin_of(units, len(splits.train)))
+        if len(units) == len(splits.train):
+            raise InputError("config key 'data.twins': no two training records share a post and responses with "
+                             "opposite labels")
+    groups, names = None, []
+    if config.group_robust_eta:
+        keys = [data_lib.persona_key(r) for r in splits.train]
+        names = sorted(set(keys))
+        index = {name: i for i, name in enumerate(names)}
+        groups = np.asarray([index[k] for k in keys], np.int32)
+    return twins, groups, names
+
+
 def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     train_sharding.initialize_distributed(config.distributed)
     out_dir = _check_out_dir(config)
@@ -150,7 +194,13 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
                                   report=reporter.message)
         if not bridge.soft:  # text conditioning: each record's MAP profile goes into its PBA prompt
             splits = train_data.Splits(*bridge_lib.text_records(bridge))
+    twins, groups, group_names = _batch_structure(config, splits)
     state, shardings = create_state(config, params, model, mesh, optimizer)
+    if groups is not None:
+        repl = train_sharding.replicated(mesh)
+        uniform = jax.numpy.full((len(group_names),), 1.0 / len(group_names), jax.numpy.float32)
+        state = state.replace(group_weights=jax.device_put(uniform, repl))
+        shardings = shardings.replace(group_weights=repl)
     bridge_step = bridge_train.step_spec(bridge, config.optimizer, config.steps)
     if bridge_step is not None:
         repl = train_sharding.replicated(mesh)
@@ -164,7 +214,9 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     buckets = train_data.scored_buckets(config.data.scored_buckets, max_tokens)
     spec = StepSpec(model=model, loss_fn=loss_fn, loss_hparams=hparams, reference=config.reference,
                     lora=config.lora if config.reference == "lora" else None, num_pairs=pairs, scored_length=buckets[0],
-                    kernel_impl=config.model.kernel_impl, bridge=bridge_step)
+                    kernel_impl=config.model.kernel_impl, bridge=bridge_step,
+                    twin_loss=None if config.twin_loss is None else losses.get_twin_loss(config.twin_loss),
+                    twin_weight=config.twin_loss_weight, num_groups=len(group_names), group_eta=config.group_robust_eta)
     out_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
@@ -174,4 +226,4 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
                      f"{len(splits.train)} training / {len(splits.heldout)} held-out records, mesh {dict(mesh.shape)}, "
                      f"reference: {config.reference}")
     return Run(config, out_dir, mesh, model, tokenizer, splits, state, shardings, spec, optimizer,
-               learning_rate(config.optimizer, config.steps), buckets, bridge)
+               learning_rate(config.optimizer, config.steps), buckets, bridge, twins, groups)

@@ -6,6 +6,13 @@
                  | batch["ref_chosen"], batch["ref_rejected"]     (precomputed, from the cache)
     loss = sum over valid pairs of loss_fn(pi_w, pi_l, ref_w, ref_l) / number of valid pairs
 
+Two batch-level options: a twin loss (`spec.twin_loss`, e.g. `losses.cross_user`) adds
+`twin_weight * term_i` to each pair whose twin (`batch["pair_twin"]`) is in the same micro-batch;
+group-robust weights (`spec.num_groups` > 0) weigh pair i by `N alpha_g / (count_g A)` (g its persona,
+`batch["pair_group"]`; N valid pairs, count_g of them in group g, A the present groups' alpha, over the
+whole step), so the loss is sum_g alpha_g * mean_g / A; alpha (`state.group_weights`) then takes GRPO's
+step with this step's group means (the weights of a step come from the steps before it).
+
 LoRA on the top K layers only (`lora.layers`): the N - K layers below are the base model's in
 both, so their output is computed once (`scoring.trunk_states`) and both scorings run only the top
 K layers from it; the gradient stops at the trunk. Per micro-batch that is N - K + 4K layer
@@ -29,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alignx_jax.losses import group_robust
 from alignx_jax.models import llama, scoring
 from alignx_jax.train import lora
 from alignx_jax.train.config import LoraConfig
@@ -44,6 +52,7 @@ class TrainState(flax.struct.PyTreeNode):
     frozen: Any = None
     bridge: Any = None  # a preference bridge's trained params (soft conditioning, train/bridge.py), else None
     bridge_opt_state: Any = None
+    group_weights: Any = None  # float32 [G]: group-robust weights over the training personas, else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +70,10 @@ class StepSpec:
     # train.bridge.BridgeStep: soft preference tokens for the prompts' slots from `state.bridge`
     # (and the joint bridge loss); None: plain prompts.
     bridge: Any = None
+    twin_loss: Callable | None = None  # losses.TWIN_LOSSES entry, over batch["pair_twin"]
+    twin_weight: float = 1.0
+    num_groups: int = 0  # > 0: group-robust weights over batch["pair_group"] (state.group_weights)
+    group_eta: float = 0.0
 
     @property
     def trunk_layers(self) -> int:
@@ -107,6 +120,16 @@ def _micro_loss(trainable, state: TrainState, micro: Mapping[str, jax.Array], sp
     chex.assert_equal_shape([losses, valid])
     masked_sum = lambda x: jnp.sum(jnp.where(valid, x, 0.0))  # noqa: E731
     sums = {name: masked_sum(value) for name, value in metrics.items() if jnp.shape(value) == valid.shape}
+    if spec.num_groups:  # the groups' unweighted losses, for the weights' update after the step
+        sums["group_loss_sums"] = group_robust.group_sums(jax.lax.stop_gradient(losses), micro["pair_group"], valid,
+                                                          spec.num_groups)
+    if spec.twin_loss is not None:
+        terms = spec.twin_loss(pi.chosen, pi.rejected, ref_chosen, ref_rejected, micro["pair_twin"],
+                               beta=dict(spec.loss_hparams)["beta"])
+        sums["twin_loss"] = masked_sum(jax.lax.stop_gradient(terms))
+        losses = losses + spec.twin_weight * terms
+    if spec.num_groups:
+        losses = losses * micro["pair_weight"]
     sums["scored_tokens"] = jnp.sum(pi.chosen_tokens + pi.rejected_tokens)
     sums["tokens"] = jnp.sum(micro["segment_ids"] > 0).astype(jnp.float32)
     total = masked_sum(losses)
@@ -135,6 +158,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
         sums = jax.tree.map(jnp.add, sums, micro_sums)
         return (grads, loss_sum + micro_loss, sums, pairs + micro_pairs), None
 
+    group_counts = None
+    if spec.num_groups:
+        valid = batch["pair_valid"].reshape(-1)
+        group_counts = group_robust.group_sums(jnp.ones(valid.shape), batch["pair_group"].reshape(-1), valid,
+                                               spec.num_groups)
+        weights = group_robust.pair_weights(state.group_weights, batch["pair_group"], group_counts)
+        batch = {**batch, "pair_weight": weights}
     first = jax.tree.map(lambda x: x[0], batch)
     _, (sum_shapes, _) = jax.eval_shape(lambda: _micro_loss(trainable, state, first, spec))
     zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)  # noqa: E731
@@ -149,9 +179,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
         bridge_updates, bridge_opt_state = spec.bridge.optimizer.update(bridge_grads, state.bridge_opt_state,
                                                                         state.bridge)
         extra = dict(bridge=optax.apply_updates(state.bridge, bridge_updates), bridge_opt_state=bridge_opt_state)
+    if spec.num_groups:
+        extra["group_weights"] = group_robust.update_weights(state.group_weights, sums.pop("group_loss_sums"),
+                                                             group_counts, eta=spec.group_eta)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {name: value / denominator for name, value in sums.items() if name not in ("scored_tokens", "tokens")}
+    if spec.num_groups:  # the weights this step's loss used
+        metrics.update({"group_robust/max_weight": jnp.max(state.group_weights),
+                        "group_robust/min_weight": jnp.min(state.group_weights)})
     metrics.update(loss=loss_sum / denominator, grad_norm=optax.global_norm(grads), lr=schedule(state.step), pairs=pairs,
                    tokens=sums["tokens"], scored_tokens=sums["scored_tokens"])
     if spec.bridge is not None:

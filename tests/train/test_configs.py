@@ -75,6 +75,11 @@ def test_memory_plan_refuses_an_unsharded_8b_run():
     ({"data": {"seq_lengths": [1024, 512]}}, "'data.seq_lengths' must be strictly increasing"),
     ({"lora": {"targets": ["q_proj", "qkv"]}}, "unknown projection(s) ['qkv']"),
     ({"model": {"name": "random"}}, "'model.tokenizer' is required"),
+    ({"twin_loss": "cross_user"}, "config key 'twin_loss' reads twin pairs of one batch: set data.twins: true"),
+    ({"twin_loss": "swap", "data": {"twins": True}}, "config key 'twin_loss' must be one of ['cross_user'], got 'swap'"),
+    ({"twin_loss_weight": -1.0}, "config key 'twin_loss_weight' must be >= 0, got -1.0"),
+    ({"group_robust_eta": -0.1}, "config key 'group_robust_eta' must be >= 0, got -0.1"),
+    ({"data": {"twins": True, "rows": 1, "max_pairs_per_row": 1}}, "it needs data.rows x data.max_pairs_per_row >= 2"),
 ])
 def test_config_errors_name_the_key(values, message):
     base = {"data": {"synthetic": {"users": 2}}}
