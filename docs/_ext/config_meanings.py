@@ -25,7 +25,7 @@ MEANINGS = {
                              "or `lora` (the base without its adapters).",
     "TrainConfig.checkpoint_every": "Steps between orbax checkpoints (the last step is always saved).",
     "TrainConfig.keep_checkpoints": "How many of the newest checkpoints to keep.",
-    "TrainConfig.log_every": "Steps between progress-bar updates and metrics.jsonl rows.",
+    "TrainConfig.log_every": "Steps between metrics.jsonl rows (a row with a held-out evaluation is always written).",
     # ModelConfig
     "ModelConfig.name": "What `from_pretrained` accepts: the alias `smollm2-135m-instruct` (the embedded model), "
                         "a Hugging Face folder, an alignx_jax model folder, a GGUF file, or `random` for a "
