@@ -15,6 +15,7 @@ import importlib.util
 import pathlib
 import re
 import shlex
+import sys
 import typing
 
 import pytest
@@ -32,8 +33,7 @@ OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=")
 
 def _ext_module():
     spec = importlib.util.spec_from_file_location("alignx_docs", REPO / "docs" / "_ext" / "alignx_docs.py")
-    import sys
-    sys.path.insert(0, str(REPO / "docs" / "_ext"))
+    sys.path.insert(0, str(REPO / "docs" / "_ext"))  # beside it: config_meanings
     module = importlib.util.module_from_spec(spec)
     sys.modules["alignx_docs"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -42,7 +42,8 @@ def commands(body):
 
 
 def alignx(args, cwd):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])  # this checkout's alignx_jax
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
     env.pop("ALIGNX_DEBUG", None)
     code = "import sys; from alignx_jax.cli import main; sys.exit(main())"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,

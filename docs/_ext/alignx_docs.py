@@ -206,7 +206,8 @@ class ConfigKeys(SphinxDirective):
     def run(self):
         sections, keys, meanings = config_keys()
         for stale in stale_meanings(keys, meanings):
-            LOG.warning(f"docs/_ext/config_meanings.py names {stale!r}, which is no config key", location=self.get_location())
+            LOG.warning(f"docs/_ext/config_meanings.py names {stale!r}, which is no config key",
+                        location=self.get_location())
         out = []
         for prefix, cls in sections:
             rows = [[inline(f"`{k.name}`"), inline(f"`{k.type}`"), inline(f"`{k.default}`"), inline(k.meaning)]
@@ -274,8 +275,8 @@ class Cli(SphinxDirective):
                     flags = f"{action.dest} ({' | '.join(map(str, action.choices))})"
                 default = "" if action.default in (None, argparse.SUPPRESS, False) or action.required \
                     else yaml_value(action.default)
-                choices = f" One of: {', '.join(map(str, action.choices))}." if action.choices and action.option_strings \
-                    else ""
+                listed = action.choices and action.option_strings
+                choices = f" One of: {', '.join(map(str, action.choices))}." if listed else ""
                 rows.append([inline(f"`{flags}`"), inline(f"`{default}`" if default else ""),
                              inline(expand_help(parser, action) + choices)])
             if rows:

@@ -37,9 +37,9 @@ MEANINGS = {
     "ModelConfig.tokenizer": "The tokenizer of a `random` model: a model alias or folder whose tokenizer and chat "
                              "template to use (required when `name` is `random`).",
     "ModelConfig.param_dtype": "dtype of the stored parameters (the master weights the optimizer updates).",
-    "ModelConfig.attention_impl": "Attention over packed pairs: `auto` (splash on TPU; on a GPU cuDNN for bf16/fp16, else "
-                                  "`dense`; the block-sparse `xla` loop on CPU), `xla`, `dense`, `cudnn`, `pallas_gpu` "
-                                  "or `splash`.",
+    "ModelConfig.attention_impl": "Attention over packed pairs: `auto` (splash on TPU; on a GPU cuDNN for bf16/fp16, "
+                                  "else `dense`; the block-sparse `xla` loop on CPU), `xla`, `dense`, `cudnn`, "
+                                  "`pallas_gpu` or `splash`.",
     "ModelConfig.kernel_impl": "The fused log-prob kernel: `auto` (Pallas on TPU; on a GPU Pallas when a tile fits "
                                "the GPU's shared memory at the model's hidden size, else the XLA loop; the XLA loop on "
                                "CPU), `xla`, `pallas_gpu` or `pallas_tpu`.",
