@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 # XLA's compiled programs are kept between runs (keyed by program, compiler options and jax version): on
 # 2 slow cores compiling is most of a test's time (tests/train/test_step.py: 305 s cold, 56 s warm).
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/alignx_jax/xla
 
-.PHONY: demo test test-slow test-pod venv clean
+.PHONY: demo test test-slow test-pod docs venv clean
 
 venv: $(STAMP)
 
@@ -35,6 +36,15 @@ test-slow: $(STAMP)
 
 test-pod: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -m pod $(PYTEST_ARGS)
+
+# The documentation (docs/, Sphinx + MyST): warnings are errors, nothing is fetched from the network.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	JAX_PLATFORMS=cpu $(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 clean:
 	rm -rf $(VENV)

@@ -1,7 +1,7 @@
 """Same inputs, same outputs as a base commit: `alignx train` writes the same metrics.jsonl losses
 and `alignx eval` the same scores.jsonl (log-probs equal within 1e-6) as the code of `--base`.
 
-    python tools/check_same_behaviour.py                      # base 6ce6984 (before issue 24)
+    python tools/check_same_behaviour.py                      # base 6ce6984 (before the one-home-per-concept layout)
     python tools/check_same_behaviour.py --base <commit> --work /tmp/same
 
 It exports the base commit (`git archive`) beside this checkout, makes one start model (a tiny
@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BASE = "6ce6984"  # main before issue 24 ("one home per concept above the model")
+BASE = "6ce6984"  # main before "one home per concept above the model"
 TOLERANCE = 1e-6
 LOSS_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "grad_norm",
              "eval_accuracy", "eval_accuracy_logp")

@@ -1,5 +1,5 @@
 """Does a user's setting steer the answers? `alignx generate --preference "LABEL=positive"` against
-`=negative` on ten prompts, each answer checked as the demo checks it (issue 25, must-show 4).
+`=negative` on ten prompts, each answer checked as the demo checks it (the goal: 8 of 10 steered).
 
     JAX_PLATFORMS=cpu .venv/bin/python tools/steer_check.py --model runs/smollm2_pba_soft/model \
         [--label "Concise communication style"] [--out steer.json]

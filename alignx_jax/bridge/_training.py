@@ -1,4 +1,4 @@
-"""A preference bridge for training (the `bridge:` section of `alignx train`, issue 14): the persona
+"""A preference bridge for training (the `bridge:` section of `alignx train`): the persona
 tables, pretraining, the fixed distributions, the held-out figures, controllability probes and the
 bridge saved beside the policy. The step hook (what the jitted step does with the bridge) is
 `train/bridge.py`; everything else of the bridge lives here, beside the networks and the rules.

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (at most)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="parameter and compute dtype")
     p.add_argument("--kernel-impl", default="auto", choices=("auto", "xla", "pallas_gpu", "pallas_tpu"),
-                   help="the fused log-prob kernel (auto: Pallas on TPU/GPU, XLA elsewhere)")
+                   help="the fused log-prob kernel (auto: Pallas on TPU; on a GPU Pallas when a tile fits its shared "
+                        "memory at the model's hidden size, else the XLA loop; the XLA loop on CPU)")
     p.add_argument("--mesh", default=None, metavar="data=1,fsdp=-1,tensor=1",
                    help="the device mesh, with training's rules (`mesh:` of a config): rows split over data x fsdp, "
                         "parameters sharded over fsdp (and tensor); one size may be -1 (the remaining devices). "

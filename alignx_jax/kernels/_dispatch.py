@@ -18,7 +18,8 @@ _DEFAULT_BLOCKS = {"xla": (1024, 1024), "pallas_gpu": (64, 128), "pallas_tpu": (
 class KernelConfig:
     """Static choice of implementation and tiling; hashable so it can be a jit/custom_vjp static.
 
-    ``impl``: "auto" (Pallas on TPU, the XLA loop elsewhere), "xla", "pallas_gpu" or
+    ``impl``: "auto" (Pallas on TPU; on a GPU Pallas when a tile fits its shared memory at the hidden
+    size, else the XLA loop, see `resolved_for`; the XLA loop on CPU), "xla", "pallas_gpu" or
     "pallas_tpu". ``block_tokens``/``block_vocab``: tile shape (None: the implementation's default).
     ``interpret``: run a Pallas kernel in interpret mode (CPU tests).
     """

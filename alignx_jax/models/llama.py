@@ -247,7 +247,7 @@ def _transposed(x: jax.Array) -> jax.Array:
 
     XLA folds a transpose into the dot that reads it; on CPU a dot whose left operand contracts
     over its major axis (the weight gradient x^T dy) then leaves the fast YNNPACK path for a
-    slower generic one (~1.3-2x on this model's shapes, see the README). The barrier keeps the
+    slower generic one (~1.3-2x on this model's shapes, see docs/benchmarks.md). The barrier keeps the
     copy, which costs far less than the dot; other platforms fold the transpose as usual.
     """
     return jax.lax.platform_dependent(x, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)

@@ -1,4 +1,4 @@
-"""The preference bridge's hook into the training step (the `bridge:` section, issue 14): what the
+"""The preference bridge's hook into the training step (the `bridge:` section): what the
 jitted step does with the bridge's params (`BridgeStep`: soft tokens for the prompts' slots, the
 joint CE), the per-pair persona arrays each batch carries, and the prompt formats of a bridge run.
 

@@ -8,7 +8,7 @@ A random-init model has not learned the responses' language, so a preference los
 the difference of two responses, has little to steer. Warming it up on the training rows (SFT on
 prompt + chosen, the history included) teaches the language first; the warmed model then becomes the
 reference of the preference steps (SFT, then DPO). (Measured on the tiny ICA config: the language,
-yes; reading the persona from the history, no. README "Training".)
+yes; reading the persona from the history, no. docs/experiments.md.)
 
     state = warm_up(run, state, message)     # `lm_warmup.steps` steps; rows in out_dir/lm_warmup.jsonl
 """

@@ -15,7 +15,7 @@
                  The working set counts q/k/v/o, the MLP's gate/up/hidden and the residuals, twice
                  (forward values and their gradients); flash attention keeps no [T, T] scores.
 
-Checked against XLA's own per-device total by `alignx compile` (README "Before you rent a pod").
+Checked against XLA's own per-device total by `alignx compile` (docs/pods.md, docs/benchmarks.md).
 """
 from __future__ import annotations
 
