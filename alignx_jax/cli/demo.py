@@ -27,6 +27,7 @@ MARKER = ".alignx_demo"  # a folder holding this file is a demo's own output, re
 POST = "Any advice on a job interview tomorrow?"
 DEFAULT_BUDGET_S = 570.0  # the whole demo within 10 minutes of wall time, with half a minute to spare
 DEFAULT_STEPS = 400
+SMOOTHING = 10  # demo.png's training curves: the mean of the last 10 steps beside each step's noisy value
 # Words of a post that say nothing of its subject; an answer is on topic when it names the rest.
 _FILLER = frozenset("any advice on a an the about what do you think i keep thinking thoughts of for to".split())
 
@@ -71,20 +72,22 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     of the 30 layers (the 24 below run once per step, forward only, for policy and reference alike,
     and once for the held-out policy batches), one compiled step shape; at most `steps` steps at a
     constant rate from the first (LoRA starts as the base model), so that a run the time budget stops
-    early is not left mid-schedule. Held out: 4 synthetic users
-    (2 mirror pairs) x 10 records and 6 P-Soups records per persona. The loss is DPO plus the chosen
-    response's NLL (`rpo`), so the policy also learns to answer in the user's style rather than echo
-    the history."""
+    early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 20 records and 10
+    P-Soups records per persona. The loss is DPO plus the chosen response's NLL (`rpo`), so the
+    policy also learns to answer in the user's style rather than echo the history, and every step
+    trains twin pairs (the same post and responses under two users who disagree: mirror twins, P-Soups
+    personas on a shared prompt) with the cross-user term, which only reading the user lowers."""
     from alignx_jax.train import config_from_dict
 
-    files = [{"path": str(psoups), "heldout_per_persona": 6, "limit": 64}] if psoups else []
+    files = [{"path": str(psoups), "heldout_per_persona": 10, "limit": 64}] if psoups else []
     return config_from_dict({
         "out_dir": str(out / "train"), "seed": seed, "steps": steps, "model": "smollm2-135m-instruct",
         "data": {"synthetic": {"users": 400, "records_per_user": 2, "history_items": 1},
-                 "heldout_synthetic": {"users": 4, "records_per_user": 10, "history_items": 1},
+                 "heldout_synthetic": {"users": 4, "records_per_user": 20, "history_items": 1},
                  "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
-                 "scored_buckets": [512, 1024]},
+                 "scored_buckets": [512, 1024], "twins": True},
         "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
+        "twin_loss": "cross_user", "twin_loss_weight": 1.0,
         "lora": {"rank": 16, "alpha": 32, "layers": 6}, "optimizer": {"lr": 5e-3, "warmup_steps": 0, "schedule": "constant"},
         "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
     })
@@ -120,15 +123,23 @@ def _opposite_users(seed: int):
     raise RuntimeError("no synthetic mirror pair marks the response length")  # 200 users: never happens
 
 
-def _answers(model, users, max_new_tokens: int) -> dict[str, dict]:
-    """Greedy answers to POST for each user (the ICA training layout, the user's whole history), and
-    the side of each of the user's marked styles that the answer shows (`data.response_styles`)."""
+def _answers(model, users, max_new_tokens: int, *, with_history: bool = True) -> dict[str, dict]:
+    """Greedy answers to POST for each user, and the side of each of the user's marked styles that the
+    answer shows (`data.response_styles`). `with_history`: the ICA training layout with the user's
+    whole history (what the trained model reads); else the post alone in a plain chat turn (what the
+    untrained model can answer: given the history layout it only repeats the history's header)."""
     from alignx_jax import data, preferences
     from alignx_jax.models import decoding
 
     tokenizer = model.tokenizer
-    prompts = [tokenizer(data.chat_text(tokenizer, data.ica_train_prompt(POST, data.full_history(record))),
-                         add_special_tokens=False)["input_ids"] for record in users.values()]
+
+    def prompt(record):
+        text = (data.chat_text(tokenizer, data.ica_train_prompt(POST, data.full_history(record))) if with_history
+                else tokenizer.apply_chat_template([{"role": "user", "content": POST}], tokenize=False,
+                                                   add_generation_prompt=True))
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompts = [prompt(record) for record in users.values()]
     outputs = model.generate(prompts, decoding.Sampling(max_new_tokens=max_new_tokens))
     answers = {}
     for (name, record), ids in zip(users.items(), outputs):
@@ -200,8 +211,11 @@ def _plot(groups: dict, metrics_rows: list[dict], path: pathlib.Path) -> None:
     bars.set_title("Held-out accuracy per persona, before and after training")
     bars.legend(fontsize=8, loc="lower right")
     steps = [r["step"] for r in metrics_rows]
-    curve.plot(steps, [r["loss"] for r in metrics_rows], label="loss (DPO + NLL)")
-    curve.plot(steps, [r["rewards/accuracies"] for r in metrics_rows], label="reward accuracy (batch)")
+    for key, label in (("loss", "loss (DPO + NLL + cross-user)"), ("rewards/accuracies", "reward accuracy (4 pairs)")):
+        values = [r[key] for r in metrics_rows]
+        line, = curve.plot(steps, values, alpha=0.25, linewidth=0.8)
+        curve.plot(steps, moving_average(values, SMOOTHING), color=line.get_color(),
+                   label=f"{label}, mean of {SMOOTHING} steps")
     curve.set_xlabel("step")
     curve.set_title("Training")
     curve.legend(fontsize=8)
@@ -210,10 +224,29 @@ def _plot(groups: dict, metrics_rows: list[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean of the last `window` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _cis(before: dict, after: dict) -> dict:
+    """95% bootstrap CIs of the headline figures (the worst persona's: that persona's own interval)."""
+    persona_ci = lambda report, key, ci: report["per_persona"][report[key]][ci]  # noqa: E731
+    return {"accuracy_before": before["ci_logp"], "accuracy_after": after["ci_logp"],
+            "accuracy_after_paper": after["ci"],
+            "worst_persona_before": persona_ci(before, "worst_persona_logp", "ci_logp"),
+            "worst_persona_after": persona_ci(after, "worst_persona_logp", "ci_logp"),
+            "worst_persona_after_paper": persona_ci(after, "worst_persona", "ci")}
+
+
 def _headline(reports: dict) -> dict:
     before, after = reports["before"], reports["after"]
     token_before, token_after = reports["before_per_token"], reports["after_per_token"]
-    return {"accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
+    return {"ci": _cis(before, after),"accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
             "accuracy_after_paper": after["accuracy"], "worst_persona_before": before["worst_persona_accuracy_logp"],
             "worst_persona_after": after["worst_persona_accuracy_logp"],
             "worst_persona_after_paper": after["worst_persona_accuracy"], "n": after["n"],
@@ -247,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     users = _opposite_users(args.seed)
     tick = time.perf_counter()
     base = interop.from_pretrained("smollm2-135m-instruct")
-    answers_before = _answers(base, users, args.max_new_tokens)
+    answers_before = _answers(base, users, args.max_new_tokens, with_history=False)
     timings["answers_before_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     # After training: the same load and answers again, then the export and the PyTorch reload (about as

@@ -217,7 +217,7 @@ class TrainConfig:
     # A batch-level term over twin pairs (losses.TWIN_LOSSES: cross_user), added to `loss` with weight
     # twin_loss_weight; needs data.twins.
     twin_loss: str | None = None
-    twin_loss_weight: float = 1.0
+    twin_loss_weight: float = 1.0  # the twin loss's weight beside `loss` (>= 0)
     # Group-robust weights over the training personas (GRPO's step size eta; 0: off): the loss is
     # sum_g alpha_g * mean loss_g, alpha_g <- alpha_g * exp(eta * mean loss_g); alpha is checkpointed.
     group_robust_eta: float = 0.0

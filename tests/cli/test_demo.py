@@ -47,3 +47,14 @@ def test_on_topic_needs_half_of_the_posts_subject_words(answer, expected):
 
 def test_on_topic_is_false_for_a_post_of_filler_only():
     assert demo.on_topic("Any thoughts?", "Any thoughts? Sure.") is False
+
+
+def test_moving_average_is_the_trailing_mean():
+    assert demo.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert demo.moving_average([2.0, 4.0], 10) == [2.0, 3.0]
+
+
+def test_the_demo_trains_twin_pairs_with_the_cross_user_term(tmp_path):
+    config = demo.training_config(tmp_path, steps=5, seed=0, psoups=None)
+    assert config.data.twins and config.twin_loss == "cross_user"
+    assert config.data.heldout_synthetic.users == 4 and config.data.heldout_synthetic.records_per_user == 20
