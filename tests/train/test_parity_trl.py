@@ -28,5 +28,6 @@ def test_our_step_equals_trls_for_ten_steps(tmp_path, losses, lora):
     assert report["agree"] and report["lora"] is lora and sorted(report["losses"]) == sorted(losses.split(","))
     for name, verdict in report["losses"].items():
         assert len(verdict["ours"]) == len(verdict["trl"]) == 10, name
-        assert all(w["max_rel"] <= 1e-4 for w in verdict["worst"].values()), (name, verdict["worst"])
+        assert all(w["max_rel"] <= (1e-3 if key.startswith("rewards/") else 1e-4)
+                   for key, w in verdict["worst"].items()), (name, verdict["worst"])
         assert verdict["trl"][-1]["loss"] != verdict["trl"][0]["loss"]  # both sides trained
