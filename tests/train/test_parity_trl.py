@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("losses, lora", [("sigmoid,ipo,rpo", False), ("rpo", True)])
+@pytest.mark.parametrize("losses, lora", [("sigmoid,ipo,rpo", False), ("sigmoid,ipo,rpo", True)])
 def test_our_step_equals_trls_for_ten_steps(tmp_path, losses, lora):
     out = tmp_path / "parity.json"
     command = [sys.executable, str(ROOT / "tools" / "parity_trl.py"), "--loss", losses, "--steps", "10", "--layers", "2",
