@@ -1,0 +1,41 @@
+"""Multi-device and multi-host defects (docs/pods-defects.md): each test failed before its fix, or
+shows that a suspected defect does not happen. In-process tests run on the 4 CPU devices of
+tests/conftest.py; the mesh matrix of every shipped config's shape is tests/train/test_mesh_matrix.py."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from alignx_jax import evaluation
+from alignx_jax.models import sharding as model_sharding
+from alignx_jax.train import config_from_dict, train
+
+TINY = {
+    "seed": 0, "steps": 2, "checkpoint_every": 2, "log_every": 1,
+    "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
+              "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
+    "data": {"synthetic": {"users": 8, "records_per_user": 4, "history_items": 1},
+             "heldout_synthetic": {"users": 2, "records_per_user": 2, "history_items": 1},
+             "rows": 4, "seq_lengths": [512], "max_pairs_per_row": 1, "scored_buckets": [2048]},
+    "optimizer": {"lr": 1e-3, "warmup_steps": 1},
+}
+
+
+def test_eval_rows_round_up_to_the_batch_shards():
+    scorer = evaluation.PairScorer(model_sharding.make_mesh(1, 4, 1))
+    assert [scorer.rows_for(r) for r in (1, 2, 4, 5, 8)] == [4, 4, 4, 8, 8]
+    scorer = evaluation.PairScorer(model_sharding.make_mesh(2, 1, 2))
+    assert [scorer.rows_for(r) for r in (1, 3)] == [2, 4]
+
+
+def test_heldout_evaluation_runs_when_eval_rows_do_not_divide_over_the_mesh(tmp_path):
+    """eval.rows = 2 on fsdp 4 (the issue's eval.rows 4 on fsdp 8): the trainer packed 2-row held-out
+    batches and the scorer refused them (IndivisibleError: axis 0 partitioned 4 times, size 2)."""
+    assert jax.device_count() == 4
+    out = tmp_path / "run"
+    summary = train(config_from_dict({**TINY, "out_dir": str(out), "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+                                      "eval": {"rows": 2}}))
+    assert summary["eval_n"] == 4 and np.isfinite(summary["eval_accuracy"])
+    rows = [json.loads(line) for line in (out / "heldout_scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(np.isfinite(r["policy_chosen_logp"]) for r in rows)
