@@ -11,7 +11,12 @@ micro-batch at the longest `data.seq_lengths` and the largest scored-token bucke
 TPU compiler (and Mosaic, for the Pallas kernels) runs here; nothing executes.
 
 Memory is `compiled.memory_analysis()` per device: arguments (state and batch), outputs, temporaries;
-total = arguments + outputs + temporaries - aliased (the donated state is updated in place).
+total = arguments + outputs + temporaries - aliased (the donated state is updated in place). "Does not
+fit" is an answer too: when the TPU compiler itself stops with RESOURCE_EXHAUSTED, the report holds
+its figure (`xla_error`, the temporaries or the total it names, plus the arguments' shards) and
+`fits: false`, as when the compiled total exceeds the chip's HBM. `smallest_slices` answers where it
+fits instead: the smallest v5p / v6e slice per `train.memory`'s plan, confirmed by compiling with
+`find_smallest_slices` (`alignx compile --fit`).
 
 FLOPs: XLA's `cost_analysis()` counts a while loop's body once (the scanned decoder layers), so the
 FLOPs column is XLA's count with the loop bodies' repeats added from the optimized HLO
@@ -25,13 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from alignx_jax import data as data_lib
 from alignx_jax import interop
@@ -142,6 +151,9 @@ class Report:
     planned_bytes: int  # train.memory's plan, for comparison
     compile_seconds: float
     config: str = ""
+    xla_error: str = ""  # the TPU compiler's RESOURCE_EXHAUSTED message (the step did not compile)
+    smallest_slices: dict[str, str | None] = dataclasses.field(default_factory=dict)  # kind -> slice (None: none)
+    slices_by: str = ""  # who named smallest_slices: "plan" (train.memory) or "xla" (compiled, --fit)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +181,43 @@ def attention_flops(config: config_lib.TrainConfig, model: llama.LlamaConfig) ->
     return a * forward * passes
 
 
+# XLA:TPU's out-of-memory messages name what the step needs: "Ran out of memory on HBM, the total memory
+# required for HLO temporaries (69.67G) exceeds available HBM (15.75G)" (the temporaries; the
+# arguments come on top), or "Ran out of memory in memory space hbm. Used 120.50G of 95.74G hbm" (all).
+_SIZE = r"([\d.]+)\s?([KMGTP]?)i?B?"
+_OOM_TEMPORARIES = re.compile(rf"required for HLO temporaries \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
+_OOM_USED = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
+
+
+def _size(number: str, unit: str) -> int:
+    return int(float(number) * 1024 ** "BKMGTP".index(unit or "B"))
+
+
+def argument_bytes(args) -> int:
+    """Per-device bytes of the step's arguments (each abstract array's shard on one device)."""
+    total = 0
+    for leaf in jax.tree.leaves(args):
+        try:
+            itemsize = np.dtype(leaf.dtype).itemsize
+        except TypeError:  # a PRNG key: a few bytes
+            continue
+        total += math.prod(leaf.sharding.shard_shape(leaf.shape)) * itemsize
+    return total
+
+
+def out_of_memory_bytes(message: str, arguments: int) -> dict[str, int] | None:
+    """`per_device_bytes` from XLA's RESOURCE_EXHAUSTED message (None when it names no figure)."""
+    m = _OOM_USED.search(message)
+    if m:
+        total = _size(*m.group(1, 2))
+        return {"argument": arguments, "output": 0, "temp": max(total - arguments, 0), "alias": 0, "total": total}
+    m = _OOM_TEMPORARIES.search(message)
+    if m:
+        temp = _size(*m.group(1, 2))
+        return {"argument": arguments, "output": 0, "temp": temp, "alias": 0, "total": arguments + temp}
+    return None
+
+
 def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_name: str = "",
                  hlo_path: str | None = None) -> Report:
     top = topology(topology_name)
@@ -183,9 +232,21 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
         raise InputError(f"config key 'data.rows' = {config.data.rows} must be a multiple of the mesh's data x fsdp "
                          f"= {sizes['data'] * sizes['fsdp']} on {top.name} (rows are split over them)")
     step, args, statics, model = build(config, mesh)
+    hbm = int(top.hbm_gib * GIB)
+    planned = int(memory.per_device_gib(config, model, sizes)["total"] * GIB)
+    common = dict(topology=top.name, devices=top.devices, mesh=sizes, hbm_bytes=hbm, planned_bytes=planned,
+                  model_flops_per_device=model_flops(config, model) / top.devices, config=config_name)
     tick = time.perf_counter()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
-        compiled = step.lower(*args, **statics).compile()
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
+            compiled = step.lower(*args, **statics).compile()
+    except jax.errors.JaxRuntimeError as error:
+        parts = out_of_memory_bytes(str(error), argument_bytes(args)) if "RESOURCE_EXHAUSTED" in str(error) else None
+        if parts is None:
+            raise
+        return Report(per_device_bytes=parts, fits=False, flops_per_device=0.0, xla_flops_per_device=0.0,
+                      collectives={}, loops=[], compile_seconds=time.perf_counter() - tick,
+                      xla_error=" ".join(str(error).split()), **common)
     seconds = time.perf_counter() - tick
     mem = compiled.memory_analysis()
     parts = {"argument": int(mem.argument_size_in_bytes), "output": int(mem.output_size_in_bytes),
@@ -199,15 +260,75 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
         pathlib.Path(hlo_path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(hlo_path).write_text(text)
     hlo = read_hlo(text)
-    hbm = int(top.hbm_gib * GIB)
-    planned = memory.per_device_gib(config, model, sizes)["total"] * GIB
-    return Report(topology=top.name, devices=top.devices, mesh=sizes, hbm_bytes=hbm, per_device_bytes=parts,
-                  fits=parts["total"] <= hbm,
+    return Report(per_device_bytes=parts, fits=parts["total"] <= hbm,
                   flops_per_device=xla_flops + hlo.matmul_flops - hlo.matmul_flops_once
                   + (attention_flops(config, model) / top.devices if model.attention_impl == "splash" else 0.0),
-                  xla_flops_per_device=xla_flops, model_flops_per_device=model_flops(config, model) / top.devices,
-                  collectives=hlo.collectives, loops=hlo.loops, planned_bytes=int(planned), compile_seconds=seconds,
-                  config=config_name)
+                  xla_flops_per_device=xla_flops, collectives=hlo.collectives, loops=hlo.loops,
+                  compile_seconds=seconds, **common)
+
+
+FIT_KINDS = ("v5p", "v6e")  # the slices `--fit` suggests: the training chips one rents today
+
+
+def _runnable_slices(config: config_lib.TrainConfig, kind: str) -> list[str]:
+    """`kind`'s slices, smallest first, on which the config's rows split over the batch axes."""
+    names = sorted((t for t in TOPOLOGIES.values() if t.name.startswith(kind + "-")), key=lambda t: t.devices)
+    out = []
+    for top in names:
+        sizes = fit_mesh(config.mesh, top.devices)
+        if config.data.rows % (sizes["data"] * sizes["fsdp"]) == 0:
+            out.append(top.name)
+    return out
+
+
+def planned_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS) -> dict[str, str | None]:
+    """Per kind, the smallest slice `train.memory` plans the step to fit (no compile; None: none does)."""
+    model = model_of(config.model)
+    out = {}
+    for kind in kinds:
+        out[kind] = None
+        for name in _runnable_slices(config, kind):
+            top = TOPOLOGIES[name]
+            sizes = fit_mesh(config.mesh, top.devices)
+            sized = dataclasses.replace(config, mesh=config_lib.MeshConfig(**sizes))
+            if memory.per_device_gib(sized, model, sizes)["total"] <= top.hbm_gib:
+                out[kind] = name
+                break
+    return out
+
+
+def find_smallest_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS, *, config_name: str = "",
+                         compile_fn: Callable[..., Report] | None = None,
+                         progress: Callable[[Report], None] = lambda _: None) -> dict[str, Report | None]:
+    """Per kind, the report of the smallest slice XLA fits the step on (None: not even the largest).
+    A bounded search: it starts at the slice the plan names, then steps down while XLA fits and up
+    while it does not, so it compiles about two slices per kind (the plan is within ~25% of XLA)."""
+    compile_fn = compile_fn or compile_step
+    planned = planned_slices(config, kinds)
+    found = {}
+    for kind in kinds:
+        names = _runnable_slices(config, kind)
+        if not names:
+            found[kind] = None
+            continue
+        i = names.index(planned[kind]) if planned[kind] else len(names) - 1
+        reports: dict[int, Report] = {}
+
+        def fits(index):
+            if index not in reports:
+                reports[index] = compile_fn(config, names[index], config_name=config_name)
+                progress(reports[index])
+            return reports[index].fits
+
+        if fits(i):
+            while i > 0 and fits(i - 1):
+                i -= 1
+            found[kind] = reports[i]
+        else:
+            while i + 1 < len(names) and not fits(i + 1):
+                i += 1
+            found[kind] = reports.get(i + 1) if i + 1 < len(names) else None
+    return found
 
 
 def format_table(report: Report) -> str:
@@ -216,6 +337,17 @@ def format_table(report: Report) -> str:
     mesh = " x ".join(f"{k} {v}" for k, v in report.mesh.items())
     b = report.per_device_bytes
     ratio = report.flops_per_device / report.model_flops_per_device if report.model_flops_per_device else float("nan")
+    if report.xla_error:
+        return "\n".join([
+            f"{report.config or 'step'} on {report.topology}: {report.devices} chips, mesh {mesh}: the TPU compiler "
+            f"ran out of memory after {report.compile_seconds:.0f} s",
+            "per device              XLA",
+            f"  arguments        {gib(b['argument'])}   (state shards and the batch)",
+            f"  temporaries      {gib(b['temp'])}",
+            f"  total            {gib(b['total'])}   of {report.hbm_bytes / GIB:.0f} GiB HBM (DOES NOT FIT; "
+            f"train.memory plans {report.planned_bytes / GIB:.2f} GiB)",
+            f"XLA: {report.xla_error}",
+            *_slice_lines(report)])
     lines = [
         f"{report.config or 'step'} on {report.topology}: {report.devices} chips, mesh {mesh}, "
         f"compiled in {report.compile_seconds:.0f} s",
@@ -234,7 +366,26 @@ def format_table(report: Report) -> str:
             f"{kind} {int(row['count'])} ({row['bytes'] / GIB:.2f} GiB)" for kind, row in sorted(report.collectives.items())))
     else:
         lines.append("collectives per step  none")
-    return "\n".join(lines)
+    return "\n".join(lines + _slice_lines(report))
+
+
+def _slice_lines(report: Report) -> list[str]:
+    if not report.smallest_slices:
+        return []
+    by = "XLA, compiled" if report.slices_by == "xla" else "train.memory's plan; --fit compiles them"
+    return ["smallest slices it fits  " + ", ".join(f"{kind}: {name or 'none'}"
+                                                 for kind, name in report.smallest_slices.items()) + f"   ({by})"]
+
+
+def does_not_fit_line(report: Report) -> str:
+    """The one stderr line of a step that does not fit."""
+    b = report.per_device_bytes
+    needs = (f"XLA needs {b['total'] / GIB:.1f} GiB per device" if report.xla_error else
+             f"{b['total'] / GIB:.1f} GiB per device")
+    where = ", ".join(name for name in report.smallest_slices.values() if name)
+    by = "XLA fits it on" if report.slices_by == "xla" else "train.memory plans it to fit"
+    return (f"{report.config or 'the step'} does not fit {report.topology}: {needs}, the chip has "
+            f"{report.hbm_bytes / GIB:.0f} GiB" + (f" ({by} {where})" if where else ""))
 
 
 def write_json(report: Report, path: pathlib.Path) -> None:
