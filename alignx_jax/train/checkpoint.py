@@ -69,6 +69,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def has_steps(self) -> bool:
+        """Are there checkpoints to restore (then one restores, or `restore` raises)?"""
+        return bool(self._manager.all_steps())
+
     def restore(self, abstract_state: dict, iterator: grain.DatasetIterator,
                 warn: Callable[[str], None] = lambda _: None) -> Restored | None:
         """The newest checkpoint that restores, into `abstract_state` (ShapeDtypeStructs with shardings)
