@@ -75,7 +75,9 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
         finish_seconds = (time.perf_counter() - tick) * (held.policy_share if held is not None else 1.0)
         state, last_row, eval_rows, preempted = _steps(run, state, iterator, checkpoints, reference, held, reporter,
                                                        flag, deadline=deadline, finish_seconds=finish_seconds)
-    checkpoints.close()
+        # Inside the handler: a SIGTERM that reaches this host while the last (preemption) checkpoint is
+        # still being written (it is asynchronous) must not kill the process mid-write.
+        checkpoints.close()
     reporter.close()
     if preempted:
         reporter.message(f"SIGTERM: saved checkpoint {int(state.step)} in {checkpoints.directory}; rerun to resume")

@@ -82,3 +82,24 @@ def test_a_restored_run_holds_one_copy_of_the_state(tmp_path, monkeypatch):
     assert summary["steps"] == 3 and measured["trained"] > 0
     assert measured["after"] == measured["before"], (measured, measured["trained"])
 
+
+def test_a_sigterm_while_the_last_checkpoint_is_written_is_caught(tmp_path, monkeypatch):
+    """Defect 3: the SIGTERM handler was put back before the last (asynchronous) checkpoint finished
+    writing, so a host whose own SIGTERM came later was killed mid-write. Here the handler that was in
+    place before the run stands in for the default (kill): a SIGTERM during `Checkpoints.close` must
+    not reach it."""
+    reached = []
+    close = ckpt.Checkpoints.close
+
+    def close_with_a_late_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        close(self)
+
+    monkeypatch.setattr(ckpt.Checkpoints, "close", close_with_a_late_sigterm)
+    previous = signal.signal(signal.SIGTERM, lambda *_: reached.append("the handler before the run"))
+    try:
+        train(config_from_dict({**TINY, "steps": 1, "out_dir": str(tmp_path / "run"),
+                                "data": NO_HELDOUT}))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reached == [] and (tmp_path / "run" / "checkpoints" / "1").is_dir()
