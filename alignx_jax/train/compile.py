@@ -270,14 +270,29 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
 FIT_KINDS = ("v5p", "v6e")  # the slices `--fit` suggests: the training chips one rents today
 
 
-def _runnable_slices(config: config_lib.TrainConfig, kind: str) -> list[str]:
-    """`kind`'s slices, smallest first, on which the config's rows split over the batch axes."""
-    names = sorted((t for t in TOPOLOGIES.values() if t.name.startswith(kind + "-")), key=lambda t: t.devices)
+MAX_TENSOR = 4  # a tensor axis stays within one host's chips (4 per v5p and v6e host)
+
+
+def slice_mesh(config: config_lib.TrainConfig, top: Topology) -> dict[str, int] | None:
+    """The mesh the config runs on `top`: `fit_mesh`'s, or, where the rows do not split over that many
+    batch shards (rows 32 on 64 chips), the extra chips on `tensor` (up to MAX_TENSOR); None: neither."""
+    sizes = fit_mesh(config.mesh, top.devices)
+    for tensor in sorted({sizes["tensor"], 2, MAX_TENSOR}):
+        if tensor < sizes["tensor"] or top.devices % (sizes["data"] * tensor):
+            continue
+        mesh = {"data": sizes["data"], "fsdp": top.devices // (sizes["data"] * tensor), "tensor": tensor}
+        if config.data.rows % (mesh["data"] * mesh["fsdp"]) == 0:
+            return mesh
+    return None
+
+
+def _runnable_slices(config: config_lib.TrainConfig, kind: str) -> list[tuple[str, config_lib.TrainConfig]]:
+    """`kind`'s slices, smallest first, each with the config on its `slice_mesh` (where there is one)."""
     out = []
-    for top in names:
-        sizes = fit_mesh(config.mesh, top.devices)
-        if config.data.rows % (sizes["data"] * sizes["fsdp"]) == 0:
-            out.append(top.name)
+    for top in sorted((t for t in TOPOLOGIES.values() if t.name.startswith(kind + "-")), key=lambda t: t.devices):
+        mesh = slice_mesh(config, top)
+        if mesh is not None:
+            out.append((top.name, dataclasses.replace(config, mesh=config_lib.MeshConfig(**mesh))))
     return out
 
 
@@ -286,14 +301,8 @@ def planned_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS) -> dict[str,
     model = model_of(config.model)
     out = {}
     for kind in kinds:
-        out[kind] = None
-        for name in _runnable_slices(config, kind):
-            top = TOPOLOGIES[name]
-            sizes = fit_mesh(config.mesh, top.devices)
-            sized = dataclasses.replace(config, mesh=config_lib.MeshConfig(**sizes))
-            if memory.per_device_gib(sized, model, sizes)["total"] <= top.hbm_gib:
-                out[kind] = name
-                break
+        out[kind] = next((name for name, sized in _runnable_slices(config, kind) if memory.per_device_gib(
+            sized, model, dataclasses.asdict(sized.mesh))["total"] <= TOPOLOGIES[name].hbm_gib), None)
     return out
 
 
@@ -307,16 +316,17 @@ def find_smallest_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS, *, con
     planned = planned_slices(config, kinds)
     found = {}
     for kind in kinds:
-        names = _runnable_slices(config, kind)
-        if not names:
+        slices = _runnable_slices(config, kind)
+        if not slices:
             found[kind] = None
             continue
+        names = [name for name, _ in slices]
         i = names.index(planned[kind]) if planned[kind] else len(names) - 1
         reports: dict[int, Report] = {}
 
         def fits(index):
             if index not in reports:
-                reports[index] = compile_fn(config, names[index], config_name=config_name)
+                reports[index] = compile_fn(slices[index][1], names[index], config_name=config_name)
                 progress(reports[index])
             return reports[index].fits
 

@@ -218,12 +218,12 @@ def test_cli_answers_does_not_fit_with_xlas_figure_in_one_line(tmp_path, capsys)
     assert code == 2, captured.err
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("alignx: error: ") and "does not fit v5e-1: XLA needs " in err[0]
-    assert "the chip has 16 GiB" in err[0] and "(train.memory plans it to fit v5p-8)" in err[0]
+    assert "the chip has 16 GiB" in err[0] and "(train.memory plans it to fit v5p-8, v6e-16)" in err[0]
     assert "DOES NOT FIT" in captured.out and "RESOURCE_EXHAUSTED" in captured.out
     report = json.loads(out.read_text())
     assert report["fits"] is False and "RESOURCE_EXHAUSTED" in report["xla_error"]
     assert report["per_device_bytes"]["total"] > report["hbm_bytes"] == 16 * 2**30
-    assert report["smallest_slices"] == {"v5p": "v5p-8", "v6e": None}
+    assert report["smallest_slices"] == {"v5p": "v5p-8", "v6e": "v6e-16"}  # v6e-16: fsdp 8 x tensor 2
 
 
 @pytest.mark.slow  # three compiles (~40 s)
@@ -274,3 +274,13 @@ def test_no_libtpu_noise_on_a_cpu_machine(tmp_path, command):
         assert run.returncode == 0, run.stderr
         assert "INVALID_ARGUMENT" not in run.stderr and "Source Location Trace" not in run.stderr, run.stderr
         assert "TPU_WORKER_HOSTNAMES" not in run.stderr and "TPU_ACCELERATOR_TYPE" not in run.stderr, run.stderr
+
+
+def test_the_70b_config_plans_the_smallest_v5p_and_v6e_slices():
+    """rows 32 do not split over 64 or 128 batch shards: there the extra chips go to `tensor` (within a
+    host), so the v6e answer exists (v6e-128: fsdp 32 x tensor 4)."""
+    from alignx_jax.train import load_config
+
+    config = load_config(CONFIGS / "llama3_1_70b_tpu_v5p_64.yaml")
+    assert compile_lib.planned_slices(config) == {"v5p": "v5p-64", "v6e": "v6e-128"}
+    assert compile_lib.slice_mesh(config, compile_lib.topology("v6e-128")) == {"data": 1, "fsdp": 32, "tensor": 4}
