@@ -117,6 +117,17 @@ def _trip_count(condition: list[str], body: list[str] = ()) -> int:
     return max(-(-bound // step), 1)
 
 
+def _collective_bytes(result: str) -> int:
+    """Bytes a collective produces, from its result shape text. An async `*-start` returns a tuple
+    (operand, result[, context scalars]): its second shape is what the collective produces (an
+    all-gather's gathered array, not the input shard: the first shape undercounts by the group size)."""
+    shapes = _SHAPE.findall(result)
+    if not shapes:
+        return 0
+    dtype, dims = shapes[1] if result.lstrip().startswith("(") and len(shapes) > 1 else shapes[0]
+    return math.prod(_dims(dims)) * _DTYPE_BYTES.get(dtype, 4)
+
+
 @dataclasses.dataclass
 class HloCounts:
     matmul_flops: float  # every computation weighted by how often it runs
@@ -168,10 +179,9 @@ def read_hlo(text: str) -> HloCounts:
                     continue  # reductions' scalar combiners
                 edges.append((callee, trips if key in ("body", "condition") else 1))
             for kind in COLLECTIVES:
-                if re.search(rf"\s{kind}(-start)?\(", line):
-                    shape = _SHAPE.search(line.split("=", 1)[1])
-                    size = math.prod(_dims(shape.group(2))) * _DTYPE_BYTES.get(shape.group(1), 4) if shape else 0
-                    collectives.setdefault(name, []).append((kind, size))
+                m = re.search(rf"\s{kind}(-start)?\(", line)
+                if m:
+                    collectives.setdefault(name, []).append((kind, _collective_bytes(line.split("=", 1)[1][:m.start()])))
         calls[name] = edges
 
     weight, weight_once = {}, {}

@@ -284,3 +284,17 @@ def test_the_70b_config_plans_the_smallest_v5p_and_v6e_slices():
     config = load_config(CONFIGS / "llama3_1_70b_tpu_v5p_64.yaml")
     assert compile_lib.planned_slices(config) == {"v5p": "v5p-64", "v6e": "v6e-128"}
     assert compile_lib.slice_mesh(config, compile_lib.topology("v6e-128")) == {"data": 1, "fsdp": 32, "tensor": 4}
+
+
+def test_an_async_all_gather_counts_the_gathered_bytes_not_its_input_shard():
+    """Defect 9: `all-gather-start` returns (input shard, gathered array); its bytes were read from the
+    first shape, the shard, under by the group size (8 here). A sync all-gather's result is the
+    gathered array itself; an all-reduce-start's result is one array."""
+    hlo = HLO.replace(
+        "%all-gather.1 = bf16[128,256]{1,0} all-gather(%w), replica_groups={{0,1}}, dimensions={0}",
+        "%ags = (bf16[16,256]{1,0}, bf16[128,256]{1,0}) all-gather-start(%w), replica_groups={{0,1,2,3,4,5,6,7}}, "
+        "dimensions={0}\n  %agd = bf16[128,256]{1,0} all-gather-done(%ags)\n"
+        "  %ars = f32[64,256]{1,0} all-reduce-start(%x), replica_groups={{0,1}}, to_apply=%add")
+    counts = compile_lib.read_hlo(hlo)
+    assert counts.collectives["all-gather"] == {"count": 32, "bytes": 32 * 128 * 256 * 2}
+    assert counts.collectives["all-reduce"] == {"count": 32, "bytes": 32 * 64 * 256 * 4}
