@@ -103,3 +103,69 @@ def test_a_sigterm_while_the_last_checkpoint_is_written_is_caught(tmp_path, monk
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert reached == [] and (tmp_path / "run" / "checkpoints" / "1").is_dir()
+
+
+# ---- defect 4: only a damaged checkpoint is corruption --------------------------------------------
+
+def _two_checkpoints(folder):
+    import grain
+    import jax.numpy as jnp
+
+    checkpoints = ckpt.Checkpoints(folder, keep=3, asynchronous=False)
+    iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+    for step in (1, 2):
+        next(iterator)
+        checkpoints.save(step, {"w": jnp.full((4,), float(step))}, iterator, {"seed": step})
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=sharding)}
+    return checkpoints, abstract, iter(grain.MapDataset.range(10).to_iter_dataset())
+
+
+@pytest.mark.parametrize("error, damage", [
+    (json.JSONDecodeError("Expecting value", "", 0), True),                     # a truncated metadata file
+    (UnicodeDecodeError("utf-8", b"\x9e", 0, 1, "invalid start byte"), True),  # a flipped byte
+    (FileNotFoundError("Requested directory for restore does not exist"), True),  # a step whose writer died
+    (ValueError('NOT_FOUND: Error opening "zarr" driver: Error reading "w/.zarray"'), True),  # missing chunks
+    (ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 24.6GiB"), False),
+    (ValueError("UNAVAILABLE: GCS request failed: 503"), False),
+    (ConnectionResetError(104, "Connection reset by peer"), False),
+    (PermissionError(13, "Permission denied"), False),
+    (RuntimeError("something nobody has seen"), False),  # unknown: stop, do not set checkpoints aside
+])
+def test_only_a_damaged_checkpoint_counts_as_corrupt(error, damage):
+    assert ckpt.is_damage(error) is damage
+
+
+def test_a_restore_error_that_is_not_damage_stops_and_sets_nothing_aside(tmp_path, monkeypatch):
+    """Defect 4: an out-of-memory (or a transient storage error) while restoring step 2 set step 2
+    aside as corrupt and resumed from step 1 (or, for every step, from 0, truncating metrics.jsonl)."""
+    checkpoints, abstract, iterator = _two_checkpoints(tmp_path / "checkpoints")
+    read = ckpt._read_step
+
+    def out_of_memory(path, *args):
+        if path.name == "2":
+            raise ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 24.6GiB")
+        return read(path, *args)
+
+    monkeypatch.setattr(ckpt, "_read_step", out_of_memory)
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/2 could not be restored on process 0 "
+                                                   r"\(ValueError: RESOURCE_EXHAUSTED: Out of memory .*nothing was set "
+                                                   r"aside"):
+        checkpoints.restore(abstract, iterator)
+    checkpoints.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+def test_a_checkpoint_of_another_process_count_stops_and_sets_nothing_aside(tmp_path):
+    """Defect 4: a checkpoint written by 2 processes, restored by 1 (a changed slice), failed on the
+    missing data file and every step was set aside; now one line names the cause."""
+    checkpoints, abstract, iterator = _two_checkpoints(tmp_path / "checkpoints")
+    for step in ("1", "2"):
+        data = tmp_path / "checkpoints" / step / "data"
+        (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+        (data / "process_1-of-2.json").write_text((data / "process_0-of-2.json").read_text())
+    with pytest.raises(ckpt.CheckpointError, match="it was written by 2 processes and this run has 1: resume with "
+                                                   "as many processes"):
+        checkpoints.restore(abstract, iterator)
+    checkpoints.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
