@@ -21,7 +21,7 @@ from alignx_jax.models import llama
 from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
-from alignx_jax.train import memory
+from alignx_jax.train import hosts, memory
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
 from alignx_jax.train.state import create_state, load_model, model_config_of, resolve_loss
@@ -129,6 +129,9 @@ def _check_memory(config: config_lib.TrainConfig, mesh) -> None:
 def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     train_sharding.initialize_distributed(config.distributed)
     out_dir = _check_out_dir(config)
+    # Several hosts need shared folders (process 0's config.yaml, one list of checkpoint steps).
+    hosts.check_shared({"out_dir": config.out_dir, **({"checkpoint_dir": config.checkpoint_dir}
+                                                      if config.checkpoint_dir else {})})
     _check_config_matches(out_dir, config)
     loss_fn, hparams = resolve_loss(config)
     # Each process decodes only its share of the training records; a bridge trains on all of them.

@@ -169,3 +169,49 @@ def test_a_checkpoint_of_another_process_count_stops_and_sets_nothing_aside(tmp_
         checkpoints.restore(abstract, iterator)
     checkpoints.close()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+
+
+# ---- several processes on this machine (jax.distributed over localhost) ---------------------------
+
+def _run_processes(tmp_path, config, *, processes=2, devices=1, per_process=lambda i: [], timeout=600):
+    """`alignx train` of `config` as `processes` processes with `devices` CPU devices each; returns
+    their (return code, stderr)."""
+    import pathlib
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from alignx_jax import interop
+
+    interop.load_tokenizer("smollm2-135m-instruct")  # the tokenizer cache, written once, not by every process
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    alignx = pathlib.Path(sys.executable).parent / "alignx"
+    running = [subprocess.Popen(
+        [str(alignx), "train", "--config", str(path), "distributed.initialize=explicit",
+         f"distributed.coordinator_address=localhost:{port}", f"distributed.num_processes={processes}",
+         f"distributed.process_id={i}", *per_process(i)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True) for i in range(processes)]
+    errors = [p.communicate(timeout=timeout)[1] for p in running]
+    return [(p.returncode, err) for p, err in zip(running, errors)]
+
+
+@pytest.mark.slow  # two processes start and import JAX (~30 s)
+def test_a_multi_process_run_without_a_shared_out_dir_is_refused_at_once(tmp_path):
+    """Defect 2: the same out_dir path on two hosts without a shared filesystem is two folders (here:
+    one per process). Each process would list its own checkpoint steps and call a collective per step,
+    and only process 0 checked config.yaml; now every process stops with the same one line."""
+    results = _run_processes(tmp_path, {**TINY, "data": NO_HELDOUT},
+                             per_process=lambda i: [f"out_dir={tmp_path / f'host{i}' / 'run'}"])
+    lines = [err.strip().splitlines()[-1] for _, err in results]
+    assert [code for code, _ in results] == [2, 2], [err for _, err in results]
+    assert lines[0] == lines[1] and lines[0].startswith(
+        f"alignx: error: config key 'out_dir' ({tmp_path / 'host1' / 'run'}) is not one folder shared by every "
+        f"process: process 1 does not see what process 0 wrote there"), lines
+    assert not (tmp_path / "host0" / "run" / "checkpoints").exists()
