@@ -11,6 +11,8 @@ SIGTERM reaches one of them, one of them cannot read its part of a checkpoint) g
     from_process_zero(tree) -> process 0's arrays on every process (same shapes and dtypes everywhere)
     first_message(text) -> (process, text) of the first process that has a message (None: none has),
                            on every process: one process's error becomes every process's same line
+    with agreed(): ...    -> local work whose input error (a bad record in this process's share) stops
+                           every process with the same line, not this one alone
     check_shared(folders) -> refuses (the same line everywhere) folders that are not one folder shared
                            by every process (each host's own local disk)
 
@@ -18,13 +20,14 @@ In one process each is the identity (no collective, no cost).
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
-from alignx_jax.errors import InputError
+from alignx_jax.errors import AlignxError, InputError
 
 
 def _gathered(flag: bool) -> np.ndarray:
@@ -120,3 +123,22 @@ def check_shared(folders: Mapping[str, str]) -> None:
             mark.unlink(missing_ok=True)
     if first is not None:
         raise InputError(first[1])
+
+
+@contextlib.contextmanager
+def agreed():
+    """Local work (no collective inside) that every process runs: an input error (AlignxError) raised in
+    it on any process is raised on every process as the same line (the lowest such process's), instead
+    of one process stopping and the others waiting in their next collective until the coordinator's
+    timeout. One small all-gather at the end when there are several processes."""
+    problem = None
+    try:
+        yield
+    except AlignxError as error:
+        problem = error
+    first = first_message(None if problem is None else str(problem))
+    if first is None:
+        return
+    if problem is not None and first[0] == jax.process_index():
+        raise problem
+    raise InputError(first[1])

@@ -136,7 +136,8 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     loss_fn, hparams = resolve_loss(config)
     # Each process decodes only its share of the training records; a bridge trains on all of them.
     share = (0, 1) if config.bridge is not None else (jax.process_index(), jax.process_count())
-    splits = train_data.build_splits(config.data, config.seed, share=share)
+    with hosts.agreed():  # a bad record in one process's share stops every process
+        splits = train_data.build_splits(config.data, config.seed, share=share)
     mesh = train_sharding.make_mesh(config.mesh)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.data.rows % data_parallel:
@@ -144,7 +145,8 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
                          f"= {data_parallel} (rows are split over them)")
     _check_memory(config, mesh)
     params, model, tokenizer = load_model(config.model, mesh, config.seed)
-    train_data.check_records_fit(splits.own_train, tokenizer=tokenizer, config=config.data, seed=config.seed)
+    with hosts.agreed():
+        train_data.check_records_fit(splits.own_train, tokenizer=tokenizer, config=config.data, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, config.steps)
     bridge = None
     if config.bridge is not None:

@@ -198,7 +198,13 @@ def _run_processes(tmp_path, config, *, processes=2, devices=1, per_process=lamb
          f"distributed.coordinator_address=localhost:{port}", f"distributed.num_processes={processes}",
          f"distributed.process_id={i}", *per_process(i)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True) for i in range(processes)]
-    errors = [p.communicate(timeout=timeout)[1] for p in running]
+    try:
+        errors = [p.communicate(timeout=timeout)[1] for p in running]
+    finally:
+        for p in running:
+            if p.poll() is None:  # a process left waiting in a collective (the defect) is not left behind
+                p.kill()
+                p.wait()
     return [(p.returncode, err) for p, err in zip(running, errors)]
 
 
@@ -215,3 +221,25 @@ def test_a_multi_process_run_without_a_shared_out_dir_is_refused_at_once(tmp_pat
         f"alignx: error: config key 'out_dir' ({tmp_path / 'host1' / 'run'}) is not one folder shared by every "
         f"process: process 1 does not see what process 0 wrote there"), lines
     assert not (tmp_path / "host0" / "run" / "checkpoints").exists()
+
+
+TIMEOUT = 300
+
+
+@pytest.mark.slow  # two processes start and import JAX (~30 s)
+def test_a_bad_record_in_one_process_share_stops_every_process_with_the_same_line(tmp_path):
+    """Defect 6: each process decodes only its share of a parquet file's records; a bad record in
+    process 1's share raised there alone, and process 0 waited in its next collective until the
+    coordinator's timeout. Now both stop at once with the same line, naming the record."""
+    from alignx_jax import data
+
+    records = data.synthetic_records(4, seed=0, records_per_user=2, history_items=1)
+    records[3]["chosen"] = ""  # position 3: process 1's share (positions 1, 3, 5, ...)
+    path = tmp_path / "records.parquet"
+    data.write_records(records, path)
+    config = {**TINY, "out_dir": str(tmp_path / "run"),
+              "data": {**{k: v for k, v in NO_HELDOUT.items() if k != "synthetic"}, "files": [{"path": str(path)}]}}
+    results = _run_processes(tmp_path, config, timeout=TIMEOUT)
+    lines = [err.strip().splitlines()[-1] for _, err in results]
+    assert [code for code, _ in results] == [2, 2], [err for _, err in results]
+    assert lines[0] == lines[1] and lines[0].startswith("alignx: error: ") and "record 3: 'chosen' is empty" in lines[0], lines
