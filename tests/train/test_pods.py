@@ -243,3 +243,45 @@ def test_a_bad_record_in_one_process_share_stops_every_process_with_the_same_lin
     lines = [err.strip().splitlines()[-1] for _, err in results]
     assert [code for code, _ in results] == [2, 2], [err for _, err in results]
     assert lines[0] == lines[1] and lines[0].startswith("alignx: error: ") and "record 3: 'chosen' is empty" in lines[0], lines
+
+
+# ---- defect 7: URLs go through a real filesystem library ------------------------------------------
+
+@pytest.fixture
+def gs_in_memory(monkeypatch):
+    """gs:// served by fsspec's in-memory store (what gcsfs serves on a pod): etils.epath, and so the
+    code under test, reach it through fsspec exactly as they reach a bucket."""
+    import fsspec
+    from etils.epath import backend
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    for name in ("gs", "gcs"):
+        fsspec.register_implementation(name, MemoryFileSystem, clobber=True)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    MemoryFileSystem.store.clear()
+    yield MemoryFileSystem.store
+    for name in ("gs", "gcs"):
+        fsspec.register_implementation(name, "gcsfs.GCSFileSystem", clobber=True)
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    MemoryFileSystem.store.clear()
+
+
+def test_a_url_reference_cache_dir_is_written_to_its_store_not_a_local_gs_folder(tmp_path, monkeypatch, gs_in_memory):
+    """Defect 7: `reference_cache_dir: gs://bucket/cache` went through pathlib and became the local
+    folder `gs:/bucket/cache`; now the cache file lands in the (here in-memory) bucket and a rerun
+    reuses it from there."""
+    monkeypatch.chdir(tmp_path)
+    config = {**TINY, "steps": 1, "data": NO_HELDOUT, "reference": "precomputed",
+              "reference_cache_dir": "gs://bucket/cache"}
+    train(config_from_dict({**config, "out_dir": str(tmp_path / "run1")}))
+    assert not (tmp_path / "gs:").exists()
+    (cached,) = [key for key in gs_in_memory if key.endswith(".npz")]
+    assert cached.startswith("gs://bucket/cache/reference_logps_")
+    messages = []
+
+    class Reporter:
+        start = step = close = lambda *a: None  # noqa: E731
+        message = staticmethod(messages.append)
+
+    train(config_from_dict({**config, "out_dir": str(tmp_path / "run2")}), Reporter())
+    assert any(m.startswith("reference log-probs reused from gs://bucket/cache/reference_logps_") for m in messages)
