@@ -285,3 +285,35 @@ def test_a_url_reference_cache_dir_is_written_to_its_store_not_a_local_gs_folder
 
     train(config_from_dict({**config, "out_dir": str(tmp_path / "run2")}), Reporter())
     assert any(m.startswith("reference log-probs reused from gs://bucket/cache/reference_logps_") for m in messages)
+
+
+def test_the_hf_export_brings_one_layer_at_a_time_to_the_host(tmp_path, monkeypatch):
+    """Defect 8: export_hf gathered the whole float32 model into every host's memory (~280 GB for 70B)
+    though only process 0 writes it. Now each gather is one layer's weight (here: the largest array a
+    gather returns is one layer's MLP weight, not the 2 layers stacked), and the folder is the same."""
+    import safetensors.numpy
+
+    from alignx_jax.train import data as train_data
+
+    gathered = []
+    to_host = train_data.to_host
+
+    def recording(array):
+        out = to_host(array)
+        gathered.append(out.shape)
+        return out
+
+    monkeypatch.setattr(train_data, "to_host", recording)
+    model = {**TINY["model"], "overrides": {**TINY["model"]["overrides"], "num_layers": 2}}
+    out = tmp_path / "run"
+    train(config_from_dict({**TINY, "steps": 1, "model": model, "data": NO_HELDOUT, "export_hf": True,
+                            "out_dir": str(out)}))
+    from alignx_jax import interop
+
+    native, _ = interop.load_native(out / "model")
+    stacked = {x.shape for x in jax.tree.leaves(native["layers"])}  # [2 layers, ...]
+    tensors = safetensors.numpy.load_file(out / "hf" / "model.safetensors")
+    assert len(gathered) == len(tensors) and not stacked & set(gathered), (stacked, gathered)
+    assert {"model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"} <= set(tensors)
+    np.testing.assert_array_equal(tensors["model.layers.1.mlp.up_proj.weight"],
+                                  np.asarray(native["layers"]["mlp"]["up_proj"]["kernel"][1]).T)
