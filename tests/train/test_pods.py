@@ -317,3 +317,43 @@ def test_the_hf_export_brings_one_layer_at_a_time_to_the_host(tmp_path, monkeypa
     assert {"model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"} <= set(tensors)
     np.testing.assert_array_equal(tensors["model.layers.1.mlp.up_proj.weight"],
                                   np.asarray(native["layers"]["mlp"]["up_proj"]["kernel"][1]).T)
+
+
+# ---- defect 5: the mesh groups each host's devices ------------------------------------------------
+
+class FakeDevice:
+    def __init__(self, id, process_index):
+        self.id, self.process_index = id, process_index
+
+    def __repr__(self):
+        return f"d{self.id}@p{self.process_index}"
+
+
+def _grid(processes, shape):
+    return np.asarray([FakeDevice(i, p) for p, i in processes], dtype=object).reshape(shape)
+
+
+def test_a_layout_that_splits_a_hosts_rows_or_its_tensor_group_is_named():
+    """Defect 5: pair ids and each process's rows assume the process owns one block of the batch axes
+    in process order; nothing checked it. 2 hosts x 4 devices."""
+    from alignx_jax.models.sharding import layout_problem
+
+    contiguous = [(p, p * 4 + i) for p in range(2) for i in range(4)]
+    interleaved = [(i % 2, i) for i in range(8)]  # host 0, host 1, host 0, ...: rows of both hosts mixed
+    assert layout_problem(_grid(contiguous, (1, 8, 1))) is None
+    assert layout_problem(_grid(contiguous, (2, 2, 2))) is None  # tensor pairs within a host
+    assert "do not split into 2 processes' blocks" in layout_problem(_grid(interleaved, (1, 8, 1)))
+    assert "the tensor axis (2) spans processes" in layout_problem(_grid(interleaved, (1, 4, 2)))
+    assert "the tensor axis (8) spans processes" in layout_problem(_grid(contiguous, (1, 1, 8)))
+
+
+def test_the_mesh_regroups_devices_by_host_or_refuses_in_one_line():
+    """An order that interleaves hosts is regrouped by process; a tensor axis wider than a host's
+    devices cannot be, and is refused with the reason (train's make_mesh: one line, exit 2)."""
+    from alignx_jax.models.sharding import device_grid, layout_problem
+
+    interleaved = [FakeDevice(i, i % 2) for i in range(8)]
+    grid = device_grid(1, 8, 1, devices=interleaved)
+    assert layout_problem(grid) is None and [d.process_index for d in grid.flat] == [0] * 4 + [1] * 4
+    with pytest.raises(ValueError, match=r"tensor': 8}: the tensor axis \(8\) spans processes"):
+        device_grid(1, 1, 8, devices=interleaved)
