@@ -2,6 +2,7 @@
 shows that a suspected defect does not happen. In-process tests run on the 4 CPU devices of
 tests/conftest.py; the mesh matrix of every shipped config's shape is tests/train/test_mesh_matrix.py."""
 import gc
+import itertools
 import json
 import math
 import os
@@ -357,3 +358,18 @@ def test_the_mesh_regroups_devices_by_host_or_refuses_in_one_line():
     assert layout_problem(grid) is None and [d.process_index for d in grid.flat] == [0] * 4 + [1] * 4
     with pytest.raises(ValueError, match=r"tensor': 8}: the tensor axis \(8\) spans processes"):
         device_grid(1, 1, 8, devices=interleaved)
+
+
+def test_a_record_is_the_same_pair_in_every_epoch(byte_tokenizer):
+    """Found by the mesh matrix (fsdp 32: 32 rows of 64 records, two epochs in 4 steps): a repeated
+    dataset numbered epoch 2's records 64 + i, so their persona draw changed and the precomputed
+    reference lookup failed (IndexError: index 99 is out of bounds for axis 0 with size 64)."""
+    from alignx_jax import data
+
+    records = data.synthetic_records(4, seed=0, records_per_user=2, history_items=2)  # 8 records
+    config = data.PackingConfig(rows=8, seq_lengths=(2048,), max_pairs_per_row=1)
+    epochs = [b.as_dict() for b in itertools.islice(data.packed_batches(
+        records, tokenizer=byte_tokenizer, config=config, seed=0, shuffle=False, num_epochs=None,
+        shard_index=0, shard_count=1), 2)]
+    assert [list(b["pair_source"]) for b in epochs] == [list(range(8))] * 2
+    np.testing.assert_array_equal(epochs[0]["tokens"], epochs[1]["tokens"])
