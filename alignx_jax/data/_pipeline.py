@@ -173,10 +173,7 @@ def packed_batches(
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
     dataset = grain.MapDataset.source(records)
-    # The record's position, in every epoch: a repeated MapDataset asks for index + epoch x len, and the
-    # persona draw (seeded by the index) and the precomputed reference (looked up by it) are per record.
-    total = len(dataset)
-    dataset = dataset.map_with_index(lambda index, record: (index % total, record))[shard_index::shard_count]
+    dataset = dataset.map_with_index(lambda index, record: (index, record))[shard_index::shard_count]
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     if num_epochs != 1:
