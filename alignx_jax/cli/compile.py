@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from alignx_jax.cli import EXIT_ERROR, _common
     from alignx_jax.errors import InputError
     from alignx_jax.train import compile as compile_lib
+    from alignx_jax.train import fit as fit_lib
     from alignx_jax.train import load_config
 
     import jax
@@ -63,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
     report = compile_lib.compile_step(config, name, config_name=args.config, hlo_path=hlo)
     if args.fit:
         known = {report.topology: report}
-        found = compile_lib.find_smallest_slices(
+        found = fit_lib.find_smallest_slices(
             config, config_name=args.config,
             compile_fn=lambda c, n, **kw: known[n] if n in known else compile_lib.compile_step(c, n, **kw),
             progress=lambda r: print(f"--fit: {r.topology} {'fits' if r.fits else 'does not fit'} "
                                      f"({r.per_device_bytes['total'] / 2**30:.1f} GiB per device)", flush=True))
         report.smallest_slices, report.slices_by = {kind: r and r.topology for kind, r in found.items()}, "xla"
     else:
-        report.smallest_slices, report.slices_by = compile_lib.planned_slices(config), "plan"
+        report.smallest_slices, report.slices_by = fit_lib.planned_slices(config), "plan"
     print(compile_lib.format_table(report))
     if out is not None:
         with _common.atomic_output(out) as tmp:

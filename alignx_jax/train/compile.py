@@ -15,8 +15,8 @@ total = arguments + outputs + temporaries - aliased (the donated state is update
 fit" is an answer too: when the TPU compiler itself stops with RESOURCE_EXHAUSTED, the report holds
 its figure (`xla_error`, the temporaries or the total it names, plus the arguments' shards) and
 `fits: false`, as when the compiled total exceeds the chip's HBM. `smallest_slices` answers where it
-fits instead: the smallest v5p / v6e slice per `train.memory`'s plan, confirmed by compiling with
-`find_smallest_slices` (`alignx compile --fit`).
+fits instead (`train/fit.py`: the smallest v5p / v6e slice per `train.memory`'s plan, confirmed by
+compiling with `alignx compile --fit`).
 
 FLOPs: XLA's `cost_analysis()` counts a while loop's body once (the scanned decoder layers), so the
 FLOPs column is XLA's count with the loop bodies' repeats added from the optimized HLO
@@ -34,7 +34,6 @@ import math
 import pathlib
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -265,80 +264,6 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
                   + (attention_flops(config, model) / top.devices if model.attention_impl == "splash" else 0.0),
                   xla_flops_per_device=xla_flops, collectives=hlo.collectives, loops=hlo.loops,
                   compile_seconds=seconds, **common)
-
-
-FIT_KINDS = ("v5p", "v6e")  # the slices `--fit` suggests: the training chips one rents today
-
-
-MAX_TENSOR = 4  # a tensor axis stays within one host's chips (4 per v5p and v6e host)
-
-
-def slice_mesh(config: config_lib.TrainConfig, top: Topology) -> dict[str, int] | None:
-    """The mesh the config runs on `top`: `fit_mesh`'s, or, where the rows do not split over that many
-    batch shards (rows 32 on 64 chips), the extra chips on `tensor` (up to MAX_TENSOR); None: neither."""
-    sizes = fit_mesh(config.mesh, top.devices)
-    for tensor in sorted({sizes["tensor"], 2, MAX_TENSOR}):
-        if tensor < sizes["tensor"] or top.devices % (sizes["data"] * tensor):
-            continue
-        mesh = {"data": sizes["data"], "fsdp": top.devices // (sizes["data"] * tensor), "tensor": tensor}
-        if config.data.rows % (mesh["data"] * mesh["fsdp"]) == 0:
-            return mesh
-    return None
-
-
-def _runnable_slices(config: config_lib.TrainConfig, kind: str) -> list[tuple[str, config_lib.TrainConfig]]:
-    """`kind`'s slices, smallest first, each with the config on its `slice_mesh` (where there is one)."""
-    out = []
-    for top in sorted((t for t in TOPOLOGIES.values() if t.name.startswith(kind + "-")), key=lambda t: t.devices):
-        mesh = slice_mesh(config, top)
-        if mesh is not None:
-            out.append((top.name, dataclasses.replace(config, mesh=config_lib.MeshConfig(**mesh))))
-    return out
-
-
-def planned_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS) -> dict[str, str | None]:
-    """Per kind, the smallest slice `train.memory` plans the step to fit (no compile; None: none does)."""
-    model = model_of(config.model)
-    out = {}
-    for kind in kinds:
-        out[kind] = next((name for name, sized in _runnable_slices(config, kind) if memory.per_device_gib(
-            sized, model, dataclasses.asdict(sized.mesh))["total"] <= TOPOLOGIES[name].hbm_gib), None)
-    return out
-
-
-def find_smallest_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS, *, config_name: str = "",
-                         compile_fn: Callable[..., Report] | None = None,
-                         progress: Callable[[Report], None] = lambda _: None) -> dict[str, Report | None]:
-    """Per kind, the report of the smallest slice XLA fits the step on (None: not even the largest).
-    A bounded search: it starts at the slice the plan names, then steps down while XLA fits and up
-    while it does not, so it compiles about two slices per kind (the plan is within ~25% of XLA)."""
-    compile_fn = compile_fn or compile_step
-    planned = planned_slices(config, kinds)
-    found = {}
-    for kind in kinds:
-        slices = _runnable_slices(config, kind)
-        if not slices:
-            found[kind] = None
-            continue
-        names = [name for name, _ in slices]
-        i = names.index(planned[kind]) if planned[kind] else len(names) - 1
-        reports: dict[int, Report] = {}
-
-        def fits(index):
-            if index not in reports:
-                reports[index] = compile_fn(slices[index][1], names[index], config_name=config_name)
-                progress(reports[index])
-            return reports[index].fits
-
-        if fits(i):
-            while i > 0 and fits(i - 1):
-                i -= 1
-            found[kind] = reports[i]
-        else:
-            while i + 1 < len(names) and not fits(i + 1):
-                i += 1
-            found[kind] = reports.get(i + 1) if i + 1 < len(names) else None
-    return found
 
 
 def format_table(report: Report) -> str:

@@ -9,6 +9,7 @@ import yaml
 from alignx_jax.errors import InputError
 from alignx_jax.train import ConfigError, config_from_dict
 from alignx_jax.train import compile as compile_lib
+from alignx_jax.train import fit as fit_lib
 from alignx_jax.train.config import MeshConfig
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -197,8 +198,8 @@ def test_the_smallest_slice_search_is_bounded_and_finds_the_smallest_fit():
         top = compile_lib.topology(name)
         return compile_lib.Report(name, top.devices, {}, 0, {"total": 0}, top.devices >= 16, 0, 0, 0, {}, [], 0, 0)
 
-    assert compile_lib.planned_slices(config) == {"v5p": "v5p-8", "v6e": "v6e-1"}  # the tiny model fits one chip
-    found = compile_lib.find_smallest_slices(config, compile_fn=fake_compile)
+    assert fit_lib.planned_slices(config) == {"v5p": "v5p-8", "v6e": "v6e-1"}  # the tiny model fits one chip
+    found = fit_lib.find_smallest_slices(config, compile_fn=fake_compile)
     assert {kind: r.topology for kind, r in found.items()} == {"v5p": "v5p-32", "v6e": "v6e-16"}
     assert compiled == ["v5p-8", "v5p-16", "v5p-32", "v6e-1", "v6e-4", "v6e-8", "v6e-16"]
 
@@ -282,8 +283,8 @@ def test_the_70b_config_plans_the_smallest_v5p_and_v6e_slices():
     from alignx_jax.train import load_config
 
     config = load_config(CONFIGS / "llama3_1_70b_tpu_v5p_64.yaml")
-    assert compile_lib.planned_slices(config) == {"v5p": "v5p-64", "v6e": "v6e-128"}
-    assert compile_lib.slice_mesh(config, compile_lib.topology("v6e-128")) == {"data": 1, "fsdp": 32, "tensor": 4}
+    assert fit_lib.planned_slices(config) == {"v5p": "v5p-64", "v6e": "v6e-128"}
+    assert fit_lib.slice_mesh(config, compile_lib.topology("v6e-128")) == {"data": 1, "fsdp": 32, "tensor": 4}
 
 
 def test_an_async_all_gather_counts_the_gathered_bytes_not_its_input_shard():
