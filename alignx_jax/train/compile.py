@@ -240,9 +240,12 @@ def compile_step(config: config_lib.TrainConfig, topology_name: str, *, config_n
         with jax.set_mesh(mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
             compiled = step.lower(*args, **statics).compile()
     except jax.errors.JaxRuntimeError as error:
-        parts = out_of_memory_bytes(str(error), argument_bytes(args)) if "RESOURCE_EXHAUSTED" in str(error) else None
-        if parts is None:
+        if "RESOURCE_EXHAUSTED" not in str(error):
             raise
+        parts = out_of_memory_bytes(str(error), argument_bytes(args))
+        if parts is None:  # not HBM (a kernel's VMEM, say): the config cannot compile there at all
+            raise InputError(f"the TPU compiler refused the step on {top.name}: "
+                             f"{' '.join(str(error).split())[:400]}") from None
         return Report(per_device_bytes=parts, fits=False, flops_per_device=0.0, xla_flops_per_device=0.0,
                       collectives={}, loops=[], compile_seconds=time.perf_counter() - tick,
                       xla_error=" ".join(str(error).split()), **common)
