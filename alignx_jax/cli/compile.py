@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             config, config_name=args.config,
             compile_fn=lambda c, n, **kw: known[n] if n in known else compile_lib.compile_step(c, n, **kw),
             progress=lambda r: print(f"--fit: {r.topology} {'fits' if r.fits else 'does not fit'} "
-                                     f"({r.per_device_bytes['total'] / 2**30:.1f} GiB per device)", flush=True))
+                                     f"({r.per_device_bytes['total'] / 2**30:.1f} GiB per device)", flush=True),
+            refused=lambda name, why: print(f"--fit: {name} does not compile ({why})", flush=True))
         report.smallest_slices, report.slices_by = {kind: r and r.topology for kind, r in found.items()}, "xla"
     else:
         report.smallest_slices, report.slices_by = fit_lib.planned_slices(config), "plan"

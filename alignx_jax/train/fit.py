@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from alignx_jax.errors import InputError
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import memory
 from alignx_jax.train.compile import Report, compile_step, model_of
@@ -55,10 +56,12 @@ def planned_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS) -> dict[str,
 
 def find_smallest_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS, *, config_name: str = "",
                          compile_fn: Callable[..., Report] | None = None,
-                         progress: Callable[[Report], None] = lambda _: None) -> dict[str, Report | None]:
+                         progress: Callable[[Report], None] = lambda _: None,
+                         refused: Callable[[str, str], None] = lambda name, why: None) -> dict[str, Report | None]:
     """Per kind, the report of the smallest slice XLA fits the step on (None: not even the largest).
     A bounded search: it starts at the slice the plan names, then steps down while XLA fits and up
-    while it does not, so it compiles about two slices per kind (the plan is within ~25% of XLA)."""
+    while it does not, so it compiles about two slices per kind (the plan is within ~25% of XLA). A slice
+    where the compiler refuses the step (InputError) counts as no fit; `refused(name, why)` hears of it."""
     compile_fn = compile_fn or compile_step
     planned = planned_slices(config, kinds)
     found = {}
@@ -73,9 +76,14 @@ def find_smallest_slices(config: config_lib.TrainConfig, kinds=FIT_KINDS, *, con
 
         def fits(index):
             if index not in reports:
-                reports[index] = compile_fn(slices[index][1], names[index], config_name=config_name)
-                progress(reports[index])
-            return reports[index].fits
+                try:
+                    reports[index] = compile_fn(slices[index][1], names[index], config_name=config_name)
+                except InputError as error:  # the compiler refused the step there (a kernel's VMEM): no fit
+                    refused(names[index], str(error))
+                    reports[index] = None
+                else:
+                    progress(reports[index])
+            return reports[index] is not None and reports[index].fits
 
         if fits(i):
             while i > 0 and fits(i - 1):
