@@ -10,6 +10,7 @@ refused or failed command leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import os
 import sys
@@ -49,7 +50,35 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+# The PCI vendor id of Google's TPU chips (what JAX's own check for local chips reads).
+_TPU_PCI_VENDOR = "0x1ae0"
+
+
+def _has_tpu_chips() -> bool:
+    for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(path) as f:
+                if f.read().strip() == _TPU_PCI_VENDOR:
+                    return True
+        except OSError:
+            continue
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def quiet_tpu_runtime_without_chips() -> None:
+    """libtpu (installed for `alignx compile`) initializes whenever JAX looks for backends, also on a
+    machine without TPU chips; there, with no TPU metadata to read, it prints `INVALID_ARGUMENT: Error:
+    unexpected worker hostname 'WARNING: could not determine TPU worker hostnames ...'` and a source
+    trace on stderr. Give it the local answers instead (this host, a valid accelerator type: neither
+    changes what it compiles for an abstract slice). A TPU VM, or a user's own settings, are left alone."""
+    if "TPU_WORKER_HOSTNAMES" in os.environ or "TPU_ACCELERATOR_TYPE" in os.environ or _has_tpu_chips():
+        return
+    os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+    os.environ["TPU_ACCELERATOR_TYPE"] = "v5p-8"
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_tpu_runtime_without_chips()  # before anything loads a JAX backend
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -15,6 +15,7 @@ with `differentiable=False`): the scored tokens reach the LM head, the prompts o
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -75,6 +76,12 @@ class PairScorer:
     def row_multiple(self) -> int:
         """Rows (and pair slots) per batch must be a multiple of this: the data-parallel shards."""
         return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+
+    def rows_for(self, rows: int) -> int:
+        """`rows` rounded up to what a batch on this mesh can hold: a multiple of `row_multiple` (each
+        data-parallel shard gets whole rows) and of the process count (each process feeds its slice)."""
+        multiple = math.lcm(self.row_multiple, jax.process_count())
+        return -(-max(rows, 1) // multiple) * multiple
 
     def place(self, params: Any, config: Any) -> Any:
         """`params` laid out by the model's sharding rules on this mesh (a no-op when they already are)."""

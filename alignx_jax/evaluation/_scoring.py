@@ -112,9 +112,8 @@ def _encode(record: Mapping[str, Any], index: int, cap: int | None, position: in
     return _Encoded(position, policy, reference, record, row, policy_render.history)
 
 
-def _rows_for(seq_len: int, rows: int, batch_tokens: int, multiple: int = 1) -> int:
-    fit = max(1, min(rows, batch_tokens // seq_len))
-    return -(-fit // multiple) * multiple
+def _rows_for(seq_len: int, rows: int, batch_tokens: int, scorer: PairScorer) -> int:
+    return scorer.rows_for(min(rows, batch_tokens // seq_len))
 
 
 def _pack(pairs: list[data.EncodedPair], seq_lengths: tuple[int, ...], num_rows: int) -> dict:
@@ -168,7 +167,6 @@ def iter_scores(
             if (int(index), cap) not in skip]
     same_model = _same_model(policy, reference)
     scorer = PairScorer(mesh, kernel_impl=kernel_impl)
-    row_multiple = scorer.row_multiple
     policy = (scorer.place(*policy), policy[1])
     reference = policy if same_model else (scorer.place(*reference), reference[1])
     score = lambda params, config, arrays, num_rows, soft_tokens=None: scorer(  # noqa: E731
@@ -183,10 +181,10 @@ def iter_scores(
         i = 0
         while i < len(chunk):
             seq_len = data.PackingConfig(rows=1, seq_lengths=seq_lengths).bucket(chunk[i].length)
-            num_rows = _rows_for(seq_len, rows, batch_tokens, row_multiple)
+            num_rows = _rows_for(seq_len, rows, batch_tokens, scorer)
             left = len(chunk) - i
             if left < num_rows:  # the last batch: a power of two of rows, not a full batch of empty ones
-                num_rows = min(num_rows, -(-(1 << (left - 1).bit_length()) // row_multiple) * row_multiple)
+                num_rows = min(num_rows, scorer.rows_for(1 << (left - 1).bit_length()))
             group = chunk[i:i + num_rows]
             i += num_rows
             policy_arrays = _pack([e.policy for e in group], seq_lengths, num_rows)

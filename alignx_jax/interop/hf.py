@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_dtypes
@@ -151,25 +151,40 @@ def load_hf(folder: str | os.PathLike, *, param_dtype: str | None = None, dtype:
     return params, config
 
 
-def hf_tensors(params: dict, config: llama.LlamaConfig, dtype: str = "float32") -> Iterable[tuple[str, np.ndarray]]:
-    """(HF name, array) pairs of our params, lazily, in table order."""
+def _device_get(array) -> np.ndarray:
+    return np.asarray(jax.device_get(array))
+
+
+def hf_tensors(params: dict, config: llama.LlamaConfig, dtype: str = "float32", *,
+               to_host: Callable[[Any], np.ndarray] = _device_get) -> Iterable[tuple[str, np.ndarray]]:
+    """(HF name, array) pairs of our params, lazily, in table order. A stacked (scanned) weight is
+    brought to host memory one layer at a time by `to_host` (a multi-host gather, where every process
+    takes part in the same order), so the host holds one layer's weight, never the whole model."""
     np_dtype = _np_dtype(dtype)
     for rule in _table.active_rules(config):
-        value = np.asarray(jax.device_get(_lookup(params, rule.path)))
+        value = _lookup(params, rule.path)
+        whole = None if rule.per_layer else to_host(value)
         for i, key in enumerate(_table.hf_keys(rule, config)):
-            layer = value[i] if rule.per_layer else value
+            layer = to_host(value[i]) if rule.per_layer else whole
             yield key, rule.to_hf(layer, config).astype(np_dtype)
 
 
 def save_hf(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, *, dtype: str = "float32",
-            max_shard_bytes: int = 5 * 2**30, tokenizer=None) -> pathlib.Path:
+            max_shard_bytes: int = 5 * 2**30, tokenizer=None, to_host: Callable[[Any], np.ndarray] = _device_get,
+            write: bool = True) -> pathlib.Path:
     """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads.
 
     Shards above `max_shard_bytes` into model-0000k-of-0000n.safetensors with an index.json, as
-    transformers does; `tokenizer` (a transformers tokenizer) is saved beside the weights.
+    transformers does; `tokenizer` (a transformers tokenizer) is saved beside the weights. Weights
+    reach the host through `to_host`, one layer at a time (`hf_tensors`); `write=False` only takes
+    part in those gathers (the other processes of a multi-host export that process 0 writes).
     """
     folder = pathlib.Path(folder)
     hf_config = _table.config_to_hf(config, torch_dtype=dtype)  # refuses an unexportable config before any write
+    if not write:
+        for _ in hf_tensors(params, config, dtype, to_host=to_host):
+            pass
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     for stale in list(folder.glob("model*.safetensors")) + [folder / INDEX_FILE]:
         stale.unlink(missing_ok=True)
@@ -186,7 +201,7 @@ def save_hf(params: dict, config: llama.LlamaConfig, folder: str | os.PathLike, 
         written.append((path, list(shard), shard_bytes))
         shard.clear()
 
-    for key, value in hf_tensors(params, config, dtype):
+    for key, value in hf_tensors(params, config, dtype, to_host=to_host):
         if shard and shard_bytes + value.nbytes > max_shard_bytes:
             flush()
             shard_bytes = 0

@@ -34,7 +34,19 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices)."""
+    """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (all remaining devices); see `device_grid`."""
+    return Mesh(device_grid(data, fsdp, tensor, devices), MESH_AXES)
+
+
+def device_grid(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> np.ndarray:
+    """The [data, fsdp, tensor] array of devices of a mesh; one size may be -1 (all remaining devices).
+
+    The device order comes from the topology (`jax.experimental.mesh_utils`: on TPU, the torus
+    order, so neighbours on an axis are neighbours on the chip network). Batches are fed per process
+    (each process's rows are one block of the batch axes, in process order), so the layout must
+    group each process's devices that way and keep `tensor` within a process (`layout_problem`);
+    when the topology order does not, the devices are grouped by process instead, and when no order
+    can, ValueError names why."""
     devices = np.asarray(devices if devices is not None else jax.devices())
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
@@ -46,7 +58,39 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
         sizes[sizes.index(-1)] = devices.size // known
     if int(np.prod(sizes)) != devices.size:
         raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))} need {int(np.prod(sizes))} devices, have {devices.size}")
-    return Mesh(devices.reshape(sizes), MESH_AXES)
+    flat = list(devices.flat)
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(sizes, flat, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError, AttributeError):  # no topology to follow
+        grid = devices.reshape(sizes)
+    if layout_problem(grid) is not None:
+        grid = np.asarray(sorted(flat, key=lambda d: (d.process_index, d.id)), dtype=object).reshape(sizes)
+        problem = layout_problem(grid)
+        if problem is not None:
+            raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes))}: {problem}")
+    return grid
+
+
+def layout_problem(grid: np.ndarray) -> str | None:
+    """Why a [data, fsdp, tensor] grid of devices cannot take per-process batches (None: it can). Each
+    process feeds its own rows (and numbers its pairs) as one block of the batch axes (data, then
+    fsdp), in process order, so: every `tensor` group lies within one process, and the batch shards
+    are the processes' blocks in process order."""
+    owner = np.vectorize(lambda d: getattr(d, "process_index", 0), otypes=[int])(grid)
+    processes = int(owner.max()) + 1
+    if processes == 1:
+        return None
+    blocks = owner.reshape(-1, owner.shape[-1])  # one row per batch shard: its tensor group's processes
+    if (blocks != blocks[:, :1]).any():
+        return (f"the tensor axis ({owner.shape[-1]}) spans processes: keep mesh.tensor within one host's "
+                f"devices")
+    shards = blocks[:, 0]
+    if len(shards) % processes or (shards != np.repeat(np.arange(processes), len(shards) // processes)).any():
+        return (f"the {len(shards)} batch shards (data x fsdp) do not split into {processes} processes' blocks of "
+                f"devices in process order")
+    return None
 
 
 def param_specs(config: llama.LlamaConfig, mesh_shape: Mapping[str, int], rules=DEFAULT_RULES):

@@ -3,15 +3,20 @@
 Each holds `state` (step, trained params, optimizer state), `data` (each process's Grain iterator
 state, grain's own orbax handler) and `meta` (the seed, so the per-step RNG `fold_in(key(seed),
 step)` continues). The frozen reference / LoRA base is not saved: it is the start model, reloaded.
-Restoring tries the latest step first; a step that fails to restore (truncated or corrupt files) is
-reported by name, moved aside to `<step>.corrupt`, and the previous one is used. With several processes
-a step counts as restored only when every process restored its part, so all of them resume from
-the same step.
+Restoring tries the latest step first; a damaged step (truncated, missing or unparsable files:
+`is_damage`) is reported by name, moved aside to `<step>.corrupt`, and the previous one is used. Any
+other restore error (out of memory, a transient storage error, a checkpoint written by another
+number of processes) is not the checkpoint's fault: the run stops with that error and sets nothing
+aside, so a rerun resumes where it should. With several processes a step counts as restored only
+when every process restored its part, so all of them resume from the same step, and an error on one
+process stops every process with the same line.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +74,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def has_steps(self) -> bool:
+        """Are there checkpoints to restore (then one restores, or `restore` raises)?"""
+        return bool(self._manager.all_steps())
+
     def restore(self, abstract_state: dict, iterator: grain.DatasetIterator,
                 warn: Callable[[str], None] = lambda _: None) -> Restored | None:
         """The newest checkpoint that restores, into `abstract_state` (ShapeDtypeStructs with shardings)
@@ -76,11 +85,17 @@ class Checkpoints:
         skipped = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             path = self.directory / str(step)
-            problem = None
+            problem, damaged = None, False
             try:
+                _check_process_count(path)
                 restored = _read_step(path, abstract_state, iterator)
             except Exception as error:  # orbax/tensorstore/json raise many types for damaged files
-                problem = cause(error)
+                problem, damaged = cause(error), is_damage(error)
+            # Not the checkpoint's fault (on any process): every process stops with the same line.
+            other = hosts.first_message(None if problem is None or damaged else problem)
+            if other is not None:
+                raise CheckpointError(f"checkpoint {path} could not be restored on process {other[0]} ({other[1]}); "
+                                      f"nothing was set aside: fix that and rerun to resume from it")
             # Each process reads its own shards and its own data state: a step is used only when every
             # process restored it, else all of them pass it over together (and agree on the one they use).
             if hosts.all_processes(problem is None):
@@ -108,6 +123,44 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+class CheckpointError(InputError):
+    """A checkpoint that is intact could not be restored (the message says why); nothing was changed."""
+
+
+# The restore errors of a damaged checkpoint (a disk that filled up, a writer that died, a flipped
+# byte): files missing, truncated or unparsable. Matched by type and by tensorstore's / grain's words.
+_DAMAGE_TYPES = (json.JSONDecodeError, UnicodeDecodeError, EOFError, FileNotFoundError)
+_DAMAGE_WORDS = ("NOT_FOUND", "DATA_LOSS", "does not exist", "Error decoding", "corrupt", "checksum", "truncated")
+# Errors of the place or the moment, never of the checkpoint: they stop the run and set nothing aside.
+_OTHER_TYPES = (MemoryError, PermissionError, ConnectionError, TimeoutError, InterruptedError)
+_OTHER_WORDS = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED",
+                "ABORTED", "CANCELLED", "out of memory", "Out of memory")
+
+
+def is_damage(error: BaseException) -> bool:
+    """Does this restore error say the checkpoint itself is damaged? (Anything unknown: no, so that a
+    surprise stops the run instead of setting every checkpoint aside.)"""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 16:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, _OTHER_TYPES) or any(w in str(e) for w in _OTHER_WORDS) for e in chain):
+        return False
+    return any(isinstance(e, _DAMAGE_TYPES) or any(w in str(e) for w in _DAMAGE_WORDS) for e in chain)
+
+
+def _check_process_count(path) -> None:
+    """A checkpoint's data state has one file per process (`process_<i>-of-<n>.json`): one written by
+    another number of processes cannot give each of these its data position."""
+    data = path / "data"
+    written = {m.group(1) for f in (data.iterdir() if data.exists() else ())
+               if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}
+    if written and written != {str(jax.process_count())}:
+        raise CheckpointError(f"it was written by {', '.join(sorted(written))} processes and this run has "
+                              f"{jax.process_count()}: resume with as many processes (each one's data position is its "
+                              f"own), or start a new out_dir")
 
 
 def _read_step(path, abstract_state: dict, iterator: grain.DatasetIterator) -> dict:

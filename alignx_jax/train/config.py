@@ -9,15 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import pathlib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import yaml
-
 from alignx_jax import data
-from alignx_jax.errors import InputError
+from alignx_jax.train import config_yaml
+# Re-exported: the YAML machinery lives in train/config_yaml.py; these names stay importable from here.
+from alignx_jax.train.config_yaml import ConfigError, parse_overrides  # noqa: F401
 
 REFERENCE_MODES = ("frozen", "precomputed", "lora")
 # kernels.ATTENTION_IMPLS and kernels.IMPLS, spelled here so a config is checked without importing jax.
@@ -25,9 +23,6 @@ ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "pallas_gpu", "splash")
 KERNEL_IMPLS = ("auto", "xla", "pallas_gpu", "pallas_tpu")
 TWIN_LOSSES = ("cross_user",)  # losses.TWIN_LOSSES, likewise
 
-
-class ConfigError(InputError):
-    """A training config key is unknown, mistyped or out of range; the message names the key."""
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -363,138 +358,20 @@ def _check_unseen(c: DataConfig) -> None:
                           f"data.synthetic.dimensions (null: all), which the training users mark; shared: {shared}")
 
 
-# ---- YAML -> dataclasses, with key and type checks ------------------------------------------------
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (tuple, list):
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {type(None): "null", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _convert(value: Any, tp, key: str):
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config key {key!r} must be one of {list(typing.get_args(tp))}, got {value!r}{hint}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        others = [a for a in args if a is not type(None)]
-        if len(others) == 1 and dataclasses.is_dataclass(others[0]):  # an optional section: its own errors
-            return _convert(value, others[0], key)
-        for arg in others:
-            try:
-                return _convert(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
-        (item,) = typing.get_args(tp)[:1]
-        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-5" as a string
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls, values: Any, prefix: str = ""):
-    if isinstance(values, str) and cls is ModelConfig:
-        values = {"name": values}  # `model: smollm2-135m-instruct` is short for model.name
-    if isinstance(values, str) and cls is DataFile:
-        values = {"path": values}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"config key {prefix or '<top>'!r} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), fields, n=1)
-            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint}")
-        kwargs[name] = _convert(value, hints[name], key)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"config key {(prefix + '.' if prefix else '') + missing[0]!r} is required")
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if isinstance(child, str) and part == "model":
-            child = {"name": child}
-        if child is None:
-            child = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a mapping")
-        node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """`key=value` strings (dotted keys reach nested sections; values are YAML scalars or lists)."""
-    parsed = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. steps=100, optimizer.lr=1e-4)")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError as error:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({error})") from None
-        parsed.append((key.strip(), value))
-    return parsed
+# `model: smollm2-135m-instruct` is short for model.name; a data file given as a string, for its path.
+_SHORTHANDS = {ModelConfig: "name", DataFile: "path"}
 
 
 def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     tree = dict(values)
     for key, value in parse_overrides(overrides):
-        _set_dotted(tree, key, value)
-    return _build(TrainConfig, tree)
+        config_yaml.set_dotted(tree, key, value, shorthands={"model": "name"})
+    return config_yaml.build(TrainConfig, tree, shorthands=_SHORTHANDS)
 
 
 def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config, apply `key=value` overrides, check every key, type and range."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(values).__name__}")
+    values = config_yaml.read_mapping(path)
     try:
         return config_from_dict(values, overrides)
     except ConfigError as error:
@@ -503,10 +380,4 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Trai
 
 def to_dict(config: TrainConfig) -> dict:
     """The config as plain YAML-able data (tuples as lists), as written to out_dir/config.yaml."""
-    def plain(x):
-        if isinstance(x, (tuple, list)):
-            return [plain(v) for v in x]
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        return x
-    return plain(dataclasses.asdict(config))
+    return config_yaml.plain(dataclasses.asdict(config))

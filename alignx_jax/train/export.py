@@ -132,9 +132,11 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
         if jax.process_index() == 0:  # beside the policy, for `alignx eval --mode pba_soft` and `alignx generate`
             bridge_lib.save(model_dir / bridge_lib.FOLDER, bridge_lib.saved_bridge(run.bridge, state.bridge))
     if config.export_hf:
-        host_params = jax.tree.map(train_data.to_host, final_params)  # a collective too
-        if jax.process_index() == 0:
-            interop.save_hf(host_params, export_config, run.out_dir / "hf", tokenizer=run.tokenizer)
+        # One layer's weight at a time reaches the hosts (every process takes part in each gather, in
+        # table order); process 0 writes. Gathering the whole model first put all of it (fp32: ~280 GB
+        # for 70B) into every host's memory.
+        interop.save_hf(final_params, export_config, run.out_dir / "hf", tokenizer=run.tokenizer,
+                        to_host=train_data.to_host, write=jax.process_index() == 0)
     if jax.process_index() == 0:
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         message(f"wrote {model_dir} and {run.out_dir / 'summary.json'}")

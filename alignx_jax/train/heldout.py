@@ -63,14 +63,16 @@ def _pack(records, tokenizer, fmt: data.PromptFormat, packing: data.PackingConfi
 
 
 def prepare(records: Sequence[Mapping[str, Any]], *, tokenizer, data_config: DataConfig, eval_config: EvalConfig,
-            seed: int, policy_format: Mapping[str, Any] | None = None) -> HeldOut:
+            seed: int, policy_format: Mapping[str, Any] | None = None,
+            rows_for: Callable[[int], int] = lambda rows: rows) -> HeldOut:
     """Render and pack the held-out records: the policy sees the persona in the run's format (ICA
     history or PBA profile), the reference sees the few-shot ICA prompt (official evaluation).
-    `policy_format`: PromptFormat fields that replace the run's (a bridge's soft slots or profiles)."""
+    `policy_format`: PromptFormat fields that replace the run's (a bridge's soft slots or profiles);
+    `rows_for`: `eval.rows` rounded to what the scorer's mesh holds (`PairScorer.rows_for`)."""
     records = list(records)
     if eval_config.limit is not None:
         records = [records[i] for i in data.take_evenly(records, eval_config.limit)]
-    packing = data.PackingConfig(rows=eval_config.rows, seq_lengths=data_config.seq_lengths,
+    packing = data.PackingConfig(rows=rows_for(eval_config.rows), seq_lengths=data_config.seq_lengths,
                                  max_pairs_per_row=data_config.max_pairs_per_row)
     evaluation = eval_config.layout == "evaluation"
     policy_format = data.PromptFormat(**{**dict(kind=data_config.prompt, profile=data_config.profile,
@@ -144,7 +146,8 @@ def begin(run, state: TrainState) -> HeldOut:
     controllability probes, the reference scored)."""
     config = run.config
     held = prepare(run.splits.heldout, tokenizer=run.tokenizer, data_config=config.data, eval_config=config.eval,
-                   seed=config.seed, policy_format=bridge_train.heldout_format(run.bridge))
+                   seed=config.seed, policy_format=bridge_train.heldout_format(run.bridge),
+                   rows_for=run.scorer.rows_for)
     reference = state.frozen if state.frozen is not None else run.start_params()
     _keep_trunks(run, held, reference)
     reference_score = scores(run, reference, held=held)
@@ -174,7 +177,7 @@ def probe_sets(run, reference_score: Score) -> dict:
         held = prepare(bridge_lib.probe_records(run.bridge, found, edited=name == "edited"),
                        tokenizer=run.tokenizer, data_config=run.config.data,
                        eval_config=dataclasses.replace(run.config.eval, limit=None), seed=run.config.seed,
-                       policy_format=bridge_train.heldout_format(run.bridge))
+                       policy_format=bridge_train.heldout_format(run.bridge), rows_for=run.scorer.rows_for)
         score_start(held, reference_score)
         sets[name] = held
     return sets

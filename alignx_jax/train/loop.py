@@ -63,20 +63,23 @@ def train(config: config_lib.TrainConfig, reporter: Reporter | None = None, *, d
         run = setup(config, reporter)
         iterator = iter(run.batches())
         checkpoints = ckpt.of_run(config)
-        state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
         reference = None
-        if config.reference == "precomputed":
+        if config.reference == "precomputed":  # scored by the start model, the set-up state, before a restore
             reference = reference_cache.precompute(run, reporter.message, stop=lambda: flag["stop"])
             if reference is None:
                 reporter.message("SIGTERM: the reference pass kept its pieces; rerun to resume")
-                return {"preempted": True, "step": int(state.step)}
+                checkpoints.close()
+                return {"preempted": True, "step": checkpoints.latest_step() or 0}
+        state = _restore_or_warm_up(run, checkpoints, iterator, reporter)
         tick = time.perf_counter()
         held = heldout_lib.begin(run, state) if run.splits.heldout else None
         # The final pass scores the policy once: the first pass's time, or its share above a kept trunk.
         finish_seconds = (time.perf_counter() - tick) * (held.policy_share if held is not None else 1.0)
         state, last_row, eval_rows, preempted = _steps(run, state, iterator, checkpoints, reference, held, reporter,
                                                        flag, deadline=deadline, finish_seconds=finish_seconds)
-    checkpoints.close()
+        # Inside the handler: a SIGTERM that reaches this host while the last (preemption) checkpoint is
+        # still being written (it is asynchronous) must not kill the process mid-write.
+        checkpoints.close()
     reporter.close()
     if preempted:
         reporter.message(f"SIGTERM: saved checkpoint {int(state.step)} in {checkpoints.directory}; rerun to resume")
@@ -91,11 +94,24 @@ def _warmed(run: Run) -> bool:
 
 def _restore_or_warm_up(run: Run, checkpoints: ckpt.Checkpoints, iterator, reporter: Reporter) -> TrainState:
     """The newest checkpoint that restores (state and data position), else the set-up state, warmed
-    up first when the config asks (and saved as checkpoint 0)."""
+    up first when the config asks (and saved as checkpoint 0).
+
+    The loop takes the state over from `run` (`run.state` is None afterwards): its buffers are donated
+    to the first step. When there are checkpoints, the set-up arrays a checkpoint replaces (trained
+    parameters, optimizer state) are freed before it is read: one restores, or the run stops
+    (`Checkpoints.restore` raises), so they are never used, and a resumed step holds one copy of the
+    state, as `alignx compile` counts it, not the set-up copy beside the restored one."""
     state, warmed = run.state, _warmed(run)
+    run.state = None
+    saved = ckpt.saved_state(state, with_frozen=warmed)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            ckpt.saved_state(state, with_frozen=warmed),
-                            ckpt.saved_state(run.state_shardings, with_frozen=warmed))
+                            saved, ckpt.saved_state(run.state_shardings, with_frozen=warmed))
+    if checkpoints.has_steps():
+        for array in jax.tree.leaves(saved):
+            if isinstance(array, jax.Array) and not array.is_deleted():
+                array.delete()
+        state = state.replace(**{k: None for k in saved})
+    del saved
     restored = checkpoints.restore(abstract, iterator, warn=reporter.message)
     if restored is not None:
         reporter.message(f"resumed from {checkpoints.directory / str(restored.step)}")

@@ -12,6 +12,8 @@ rows), so every process ends with every record's values. Weights are hashed wher
 checksum per weight, computed on the devices), never copied to one host. Process 0 writes the pass
 in pieces of `PIECE_BATCHES` batches as it goes (`reference_logps_<key>.pieces/`), so a killed pass
 resumes after its last piece, and decides for all whether the cache file or the pieces exist.
+`reference_cache_dir` may be a URL (`gs://bucket/cache`): every file operation goes through
+`etils.epath` (fsspec; gcsfs for gs://), never `pathlib`, which turned it into a local `gs:/` folder.
 """
 from __future__ import annotations
 
@@ -20,14 +22,13 @@ import hashlib
 import itertools
 import json
 import os
-import pathlib
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alignx_jax import data
@@ -96,21 +97,27 @@ def content_key(params: Any, mesh, own_records: Iterable[Mapping[str, Any]], *, 
     return digest.hexdigest()
 
 
-def _save(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+def _save(path: epath.Path, arrays: Mapping[str, np.ndarray]) -> None:
     """`np.savez` written to a temporary name and renamed: a kill leaves the old file or the new one."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
+    tmp = path.parent / (path.name + f".tmp{os.getpid()}.npz")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
     tmp.replace(path)
 
 
-def _read_pieces(folder: pathlib.Path, num_records: int) -> tuple[int, np.ndarray]:
+def _load(path: epath.Path) -> dict[str, np.ndarray]:
+    with path.open("rb") as f, np.load(f) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def _read_pieces(folder: epath.Path, num_records: int) -> tuple[int, np.ndarray]:
     """(pieces, values [2, num_records]): the leading run of readable piece files, NaN elsewhere."""
     values = np.full((2, num_records), np.nan, np.float32)
     count = 0
-    while (folder / f"{count:06d}.npz").is_file():
+    while (folder / f"{count:06d}.npz").exists():
         try:
-            with np.load(folder / f"{count:06d}.npz") as piece:
-                values[:, piece["source"]] = piece["values"]
+            piece = _load(folder / f"{count:06d}.npz")
+            values[:, piece["source"]] = piece["values"]
         except Exception:  # a torn last piece: score its batches again
             break
         count += 1
@@ -167,7 +174,7 @@ def precompute(run, message: Callable[[str], None], *, stop: Callable[[], bool] 
     params = run.state.params if run.state.frozen is None else run.state.frozen
     key = content_key(params, run.mesh, run.splits.own_train,
                       tokenizer_name=str(config.model.tokenizer or config.model.name), packing=describe)
-    cache_dir = pathlib.Path(config.reference_cache_dir or run.out_dir.parent / ".reference_cache")
+    cache_dir = epath.Path(config.reference_cache_dir or run.out_dir.parent / ".reference_cache")
     path = cache_dir / f"reference_logps_{key}.npz"
     pieces = cache_dir / f"reference_logps_{key}.pieces_of_{PIECE_BATCHES}"  # resumable only in pieces of one size
     num_records = len(run.splits.train)
@@ -176,8 +183,8 @@ def precompute(run, message: Callable[[str], None], *, stop: Callable[[], bool] 
     hit, broken = main and path.exists(), ""
     if hit:
         try:
-            with np.load(path) as saved:
-                values = np.stack([saved[name] for name in NAMES]).astype(np.float32)
+            saved = _load(path)
+            values = np.stack([saved[name] for name in NAMES]).astype(np.float32)
         except Exception as error:  # a torn or foreign file: refuse rather than train on garbage
             broken = f" ({cause(error)})"
     if hosts.any_process(bool(broken)):  # every process stops, not process 0 alone
@@ -211,7 +218,7 @@ def precompute(run, message: Callable[[str], None], *, stop: Callable[[], bool] 
             return None
     if main:
         _save(path, dict(zip(NAMES, values, strict=True)))
-        shutil.rmtree(pieces)
+        pieces.rmtree()
     message(f"reference log-probs cached in {path}")
     return dict(zip(NAMES, values, strict=True))
 

@@ -21,7 +21,7 @@ from alignx_jax.models import llama
 from alignx_jax.train import bridge as bridge_train
 from alignx_jax.train import config as config_lib
 from alignx_jax.train import data as train_data
-from alignx_jax.train import memory
+from alignx_jax.train import hosts, memory
 from alignx_jax.train import sharding as train_sharding
 from alignx_jax.train.optimizer import learning_rate, make_optimizer
 from alignx_jax.train.state import create_state, load_model, model_config_of, resolve_loss
@@ -173,11 +173,15 @@ def _batch_structure(config: config_lib.TrainConfig, splits: train_data.Splits):
 def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     train_sharding.initialize_distributed(config.distributed)
     out_dir = _check_out_dir(config)
+    # Several hosts need shared folders (process 0's config.yaml, one list of checkpoint steps).
+    hosts.check_shared({"out_dir": config.out_dir, **({"checkpoint_dir": config.checkpoint_dir}
+                                                      if config.checkpoint_dir else {})})
     _check_config_matches(out_dir, config)
     loss_fn, hparams = resolve_loss(config)
     # Each process decodes only its share of the training records; a bridge trains on all of them.
     share = (0, 1) if config.bridge is not None else (jax.process_index(), jax.process_count())
-    splits = train_data.build_splits(config.data, config.seed, share=share)
+    with hosts.agreed():  # a bad record in one process's share stops every process
+        splits = train_data.build_splits(config.data, config.seed, share=share)
     mesh = train_sharding.make_mesh(config.mesh)
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.data.rows % data_parallel:
@@ -185,7 +189,8 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
                          f"= {data_parallel} (rows are split over them)")
     _check_memory(config, mesh)
     params, model, tokenizer = load_model(config.model, mesh, config.seed)
-    train_data.check_records_fit(splits.own_train, tokenizer=tokenizer, config=config.data, seed=config.seed)
+    with hosts.agreed():
+        train_data.check_records_fit(splits.own_train, tokenizer=tokenizer, config=config.data, seed=config.seed)
     optimizer = make_optimizer(config.optimizer, config.steps)
     bridge = None
     if config.bridge is not None:

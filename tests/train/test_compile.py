@@ -4,10 +4,12 @@ real compile for a TPU slice (slow). Also: a `gs://` checkpoint folder reaches o
 import pathlib
 
 import pytest
+import yaml
 
 from alignx_jax.errors import InputError
 from alignx_jax.train import ConfigError, config_from_dict
 from alignx_jax.train import compile as compile_lib
+from alignx_jax.train import fit as fit_lib
 from alignx_jax.train.config import MeshConfig
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -162,3 +164,141 @@ def test_a_loop_stepping_by_two_runs_half_its_bound():
             "  ROOT %t = (f32[], f32[], f32[], f32[], u32[]) tuple(%a, %b, %c2, %d, %next)"]
     assert compile_lib._trip_count(condition, body) == 8
     assert compile_lib._trip_count(condition, []) == 16
+
+
+# ---- "does not fit" is an answer (docs/pods-defects.md) -------------------------------------------
+
+# A 1-layer model with a 262144 x 8192 embedding: ~2.2e9 fp32 parameters with AdamW do not fit one
+# v5e chip (16 GiB), and the TPU compiler says so in ~10 s.
+TOO_BIG = ["model.overrides.vocab_size=262144", "model.overrides.hidden_size=8192", "model.overrides.num_heads=64",
+           "model.overrides.num_kv_heads=8"]  # head_dim 128: splash attention's blocks fit a core's VMEM
+
+
+@pytest.mark.parametrize("message, temp, total", [
+    ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (60.28G) "
+     "exceeds available HBM (15.75G).", int(60.28 * 2**30), int(60.28 * 2**30) + 2**30),
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 120.50G "
+     "of 95.74G hbm. Exceeded hbm capacity by 24.76G.", int(120.5 * 2**30) - 2**30, int(120.5 * 2**30)),
+])
+def test_xla_out_of_memory_messages_give_what_the_step_needs(message, temp, total):
+    parts = compile_lib.out_of_memory_bytes(message, arguments=2**30)
+    assert parts == {"argument": 2**30, "output": 0, "temp": temp, "alias": 0, "total": total}
+    assert compile_lib.out_of_memory_bytes("RESOURCE_EXHAUSTED: something else", 2**30) is None
+
+
+def test_the_smallest_slice_search_is_bounded_and_finds_the_smallest_fit():
+    """A stand-in compiler that fits from 16 chips up: from the plan's guess the search steps to the
+    smallest slice that fits, compiling only the slices next to the answer."""
+    from alignx_jax.train import load_config
+
+    config = load_config(CONFIGS / "tiny_ica.yaml", ["data.rows=256"])
+    compiled = []
+
+    def fake_compile(config, name, config_name=""):
+        compiled.append(name)
+        top = compile_lib.topology(name)
+        return compile_lib.Report(name, top.devices, {}, 0, {"total": 0}, top.devices >= 16, 0, 0, 0, {}, [], 0, 0)
+
+    assert fit_lib.planned_slices(config) == {"v5p": "v5p-8", "v6e": "v6e-1"}  # the tiny model fits one chip
+    found = fit_lib.find_smallest_slices(config, compile_fn=fake_compile)
+    assert {kind: r.topology for kind, r in found.items()} == {"v5p": "v5p-32", "v6e": "v6e-16"}
+    assert compiled == ["v5p-8", "v5p-16", "v5p-32", "v6e-1", "v6e-4", "v6e-8", "v6e-16"]
+
+
+def test_cli_answers_does_not_fit_with_xlas_figure_in_one_line(tmp_path, capsys):
+    """The TPU compiler's RESOURCE_EXHAUSTED was a 45-line traceback, exit 1; now it is the report
+    with XLA's figure against the chip's HBM, fits: false in --out, one stderr line, exit 2."""
+    _topologies_or_skip()
+    import json
+
+    from alignx_jax.cli import main
+
+    out = tmp_path / "report.json"
+    code = main(["compile", "--config", str(CONFIGS / "tiny_ica.yaml"), "--topology", "v5e-1", *TOO_BIG,
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alignx: error: ") and "does not fit v5e-1: XLA needs " in err[0]
+    assert "the chip has 16 GiB" in err[0] and "(train.memory plans it to fit v5p-8, v6e-16)" in err[0]
+    assert "DOES NOT FIT" in captured.out and "RESOURCE_EXHAUSTED" in captured.out
+    report = json.loads(out.read_text())
+    assert report["fits"] is False and "RESOURCE_EXHAUSTED" in report["xla_error"]
+    assert report["per_device_bytes"]["total"] > report["hbm_bytes"] == 16 * 2**30
+    assert report["smallest_slices"] == {"v5p": "v5p-8", "v6e": "v6e-16"}  # v6e-16: fsdp 8 x tensor 2
+
+
+@pytest.mark.slow  # three compiles (~40 s)
+def test_cli_fit_compiles_to_find_the_smallest_slices(tmp_path, capsys):
+    _topologies_or_skip()
+    import json
+
+    from alignx_jax.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["compile", "--config", str(CONFIGS / "tiny_ica.yaml"), "--topology", "v5e-1", *TOO_BIG,
+                 "--out", str(out), "--fit"]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(out.read_text())
+    # The search starts at the plan's slice (v5p-8) and names only slices XLA compiled and fitted.
+    assert report["slices_by"] == "xla" and "--fit: v5p-8 " in captured.out, captured.out
+    for name in filter(None, report["smallest_slices"].values()):
+        assert f"--fit: {name} fits" in captured.out, captured.out
+
+
+@pytest.mark.parametrize("command", ["compile", pytest.param("train", marks=pytest.mark.slow)])  # train: ~1.5 min
+def test_no_libtpu_noise_on_a_cpu_machine(tmp_path, command):
+    """libtpu initializes on a machine without TPU chips too (`alignx compile`, and any command whose
+    JAX looks for backends, such as a bare `alignx train`) and printed `INVALID_ARGUMENT: Error:
+    unexpected worker hostname ...` with a source trace on stderr; a second compile of the same step
+    warned that the compilation cache could not be read (INVALID_ARGUMENT: PjRtCompiler ...). Without
+    JAX_PLATFORMS nothing of it is printed."""
+    _topologies_or_skip()
+    import os
+    import subprocess
+    import sys
+
+    alignx = pathlib.Path(sys.executable).parent / "alignx"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPU_", "JAX_PLATFORMS", "XLA_FLAGS"))}
+    if command == "compile":  # twice: the second one would read the first one's cache entry
+        args = ["compile", "--config", str(CONFIGS / "tiny_ica.yaml"), "--topology", "v5e-4", "data.rows=4"]
+        runs = [subprocess.run([str(alignx), *args], env=env, capture_output=True, text=True, timeout=600)
+                for _ in range(2)]
+    else:
+        config = tmp_path / "tiny.yaml"  # one step of a tiny model: the backends load, nothing else matters
+        config.write_text(yaml.safe_dump({
+            "out_dir": str(tmp_path / "run"), "steps": 1, "mesh": {"fsdp": 1},
+            "model": {"name": "random", "preset": "tiny", "tokenizer": "smollm2-135m-instruct",
+                      "overrides": {"vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1}},
+            "data": {"synthetic": {"users": 4, "records_per_user": 2, "history_items": 0}, "rows": 2,
+                     "seq_lengths": [512]}}))
+        runs = [subprocess.run([str(alignx), "train", "--config", str(config)], env=env, capture_output=True,
+                               text=True, timeout=600)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        assert "INVALID_ARGUMENT" not in run.stderr and "Source Location Trace" not in run.stderr, run.stderr
+        assert "TPU_WORKER_HOSTNAMES" not in run.stderr and "TPU_ACCELERATOR_TYPE" not in run.stderr, run.stderr
+
+
+def test_the_70b_config_plans_the_smallest_v5p_and_v6e_slices():
+    """rows 32 do not split over 64 or 128 batch shards: there the extra chips go to `tensor` (within a
+    host), so the v6e answer exists (v6e-128: fsdp 32 x tensor 4)."""
+    from alignx_jax.train import load_config
+
+    config = load_config(CONFIGS / "llama3_1_70b_tpu_v5p_64.yaml")
+    assert fit_lib.planned_slices(config) == {"v5p": "v5p-64", "v6e": "v6e-128"}
+    assert fit_lib.slice_mesh(config, compile_lib.topology("v6e-128")) == {"data": 1, "fsdp": 32, "tensor": 4}
+
+
+def test_an_async_all_gather_counts_the_gathered_bytes_not_its_input_shard():
+    """Defect 9: `all-gather-start` returns (input shard, gathered array); its bytes were read from the
+    first shape, the shard, under by the group size (8 here). A sync all-gather's result is the
+    gathered array itself; an all-reduce-start's result is one array."""
+    hlo = HLO.replace(
+        "%all-gather.1 = bf16[128,256]{1,0} all-gather(%w), replica_groups={{0,1}}, dimensions={0}",
+        "%ags = (bf16[16,256]{1,0}, bf16[128,256]{1,0}) all-gather-start(%w), replica_groups={{0,1,2,3,4,5,6,7}}, "
+        "dimensions={0}\n  %agd = bf16[128,256]{1,0} all-gather-done(%ags)\n"
+        "  %ars = f32[64,256]{1,0} all-reduce-start(%x), replica_groups={{0,1}}, to_apply=%add")
+    counts = compile_lib.read_hlo(hlo)
+    assert counts.collectives["all-gather"] == {"count": 32, "bytes": 32 * 128 * 256 * 2}
+    assert counts.collectives["all-reduce"] == {"count": 32, "bytes": 32 * 64 * 256 * 4}
