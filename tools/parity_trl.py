@@ -1,7 +1,8 @@
 """Our training step equals TRL's `DPOTrainer`, step for step: the same model, pairs, order and optimizer.
 
     JAX_PLATFORMS=cpu .venv/bin/python tools/parity_trl.py --loss sigmoid,ipo,rpo --steps 10 --out parity.json
-    JAX_PLATFORMS=cpu .venv/bin/python tools/parity_trl.py --loss sigmoid,ipo,rpo --steps 10 --lora --out parity_lora.json
+    JAX_PLATFORMS=cpu .venv/bin/python tools/parity_trl.py --loss sigmoid,ipo,rpo --steps 10 --lora \
+        --out parity_lora.json
 
 Both sides train the embedded SmolLM2-135M-Instruct in float32 from the same weights (exported once with
 `save_hf` to a Hugging Face folder that both load), on the same records in the same order (P-Soups from

@@ -246,7 +246,8 @@ def _cis(before: dict, after: dict) -> dict:
 def _headline(reports: dict) -> dict:
     before, after = reports["before"], reports["after"]
     token_before, token_after = reports["before_per_token"], reports["after_per_token"]
-    return {"ci": _cis(before, after),"accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
+    return {"ci": _cis(before, after),
+            "accuracy_before": before["accuracy_logp"], "accuracy_after": after["accuracy_logp"],
             "accuracy_after_paper": after["accuracy"], "worst_persona_before": before["worst_persona_accuracy_logp"],
             "worst_persona_after": after["worst_persona_accuracy_logp"],
             "worst_persona_after_paper": after["worst_persona_accuracy"], "n": after["n"],

@@ -62,7 +62,6 @@ from alignx_jax.data._sources import (
     write_records,
 )
 from alignx_jax.data._splits import first_per_persona, heldout_split, persona_groups, take_evenly
-from alignx_jax.data._twins import twin_of, twin_slots, twin_units
 from alignx_jax.data._synthetic import (
     EXTRA_TOPIC_DIMENSIONS,
     LENGTH_DIMENSION,
@@ -71,6 +70,7 @@ from alignx_jax.data._synthetic import (
     style_dimensions,
     synthetic_records,
 )
+from alignx_jax.data._twins import twin_of, twin_slots, twin_units
 
 _TFDS_NAMES = ("Alignx", "TfdsRecords", "build_tfds")
 
@@ -94,6 +94,7 @@ __all__ = [
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
     "RECORD_SUFFIXES", "LoadReport", "RecordFile", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
-    "persona_key", "twin_of", "twin_slots", "twin_units", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
+    "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
+    "twin_of", "twin_slots", "twin_units",
     "EXTRA_TOPIC_DIMENSIONS", "LENGTH_DIMENSION", "STYLE_DIMENSIONS", "response_styles", "style_dimensions", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

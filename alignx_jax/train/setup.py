@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 import yaml
 
 from alignx_jax import bridge as bridge_lib
@@ -89,14 +90,13 @@ class Run:
 
     def pair_extras(self, micro: list[Mapping[str, Any]]) -> dict[str, Any]:
         """The per-pair arrays [A, P] that twin losses and group weights read (`pair_twin`, `pair_group`)."""
-        import numpy as np
-
         extra = {}
         if self.twins is not None:
             extra["pair_twin"] = np.stack([data_lib.twin_slots(b["pair_source"], self.twins.of) for b in micro])
         if self.groups is not None:
-            extra["pair_group"] = np.stack([np.where(b["pair_source"] >= 0, self.groups[np.maximum(b["pair_source"], 0)],
-                                                     -1).astype(np.int32) for b in micro])
+            extra["pair_group"] = np.stack([
+                np.where(b["pair_source"] >= 0, self.groups[np.maximum(b["pair_source"], 0)], -1).astype(np.int32)
+                for b in micro])
         return extra
 
     def start_params(self):
@@ -149,11 +149,6 @@ class TwinTable:
 
 def _batch_structure(config: config_lib.TrainConfig, splits: train_data.Splits):
     """(TwinTable or None, persona ids or None, persona names) of the training records, as the config asks."""
-    import numpy as np
-
-    if (config.data.twins or config.group_robust_eta) and jax.process_count() > 1:
-        raise InputError("config keys 'data.twins' and 'group_robust_eta' read every training record on one "
-                         "process; run them on one host (several devices are fine)")
     twins = None
     if config.data.twins:
         units = data_lib.twin_units(splits.train)
@@ -172,6 +167,9 @@ def _batch_structure(config: config_lib.TrainConfig, splits: train_data.Splits):
 
 def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
     train_sharding.initialize_distributed(config.distributed)
+    if (config.data.twins or config.group_robust_eta) and jax.process_count() > 1:
+        raise InputError("config keys 'data.twins' and 'group_robust_eta' read every training record on one "
+                         "process; run them on one host (several devices are fine)")
     out_dir = _check_out_dir(config)
     # Several hosts need shared folders (process 0's config.yaml, one list of checkpoint steps).
     hosts.check_shared({"out_dir": config.out_dir, **({"checkpoint_dir": config.checkpoint_dir}
