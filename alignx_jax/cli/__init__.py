@@ -13,6 +13,7 @@ import argparse
 import glob
 import importlib
 import os
+import re
 import sys
 import traceback
 
@@ -46,7 +47,12 @@ def _debug(args: argparse.Namespace) -> bool:
     return args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+# Grain appends this note to an error raised inside a dataset pipeline; it is about Grain's traceback.
+_GRAIN_NOTE = re.compile(r"\n-+\nFor simplicity, Grain has removed .*", re.DOTALL)
+
+
 def _one_line(text: str) -> str:
+    text = _GRAIN_NOTE.sub("", text)
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

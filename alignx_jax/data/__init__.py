@@ -32,7 +32,8 @@ from alignx_jax.data._persona_items import (
     pad_items,
     persona_items,
 )
-from alignx_jax.data._pipeline import PackedBatchDataset, PromptFormat, encode_record, packed_batches
+from alignx_jax.data._pipeline import (PackedBatchDataset, PromptFormat, encode_record, packed_batches, unit_fits,
+                                        unit_too_long)
 from alignx_jax.data._rendering import (
     SOFT_SLOT,
     ChatPrompt,
@@ -90,7 +91,7 @@ __all__ = [
     "PackingStats", "RowPacker", "attention_mask", "encode_pair", "pack_rows", "pack_stream", "pack_two_rows", "pair_sums",
     "prompt_ids_and_slots",
     "DEMO_ITEM", "PAIR_ITEM", "UGC_ITEM", "VIEWS", "PersonaItems", "cap_history", "pad_items", "persona_items",
-    "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches",
+    "PackedBatchDataset", "PromptFormat", "encode_record", "packed_batches", "unit_fits", "unit_too_long",
     "ChatPrompt", "History", "chat_text", "full_history", "ica_eval_prompt", "ica_train_prompt", "pair_section",
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
     "RECORD_SUFFIXES", "LoadReport", "RecordFile", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",

@@ -15,6 +15,7 @@ import grain
 import numpy as np
 
 from alignx_jax import preferences as prefs
+from alignx_jax.errors import InputError
 from alignx_jax.data import _rendering as rendering
 from alignx_jax.data._packing import EncodedPair, PackingConfig, PackingStats, RowPacker, encode_pair
 
@@ -70,6 +71,19 @@ class PromptFormat:
         return history, lambda h: layout(prompt, h)
 
 
+def unit_fits(pairs: Sequence[EncodedPair], config: PackingConfig) -> bool:
+    """Do `pairs` (a unit, packed whole) fit one empty batch?"""
+    return RowPacker(config).add_all(pairs)
+
+
+def unit_too_long(pairs: Sequence[EncodedPair], config: PackingConfig) -> InputError:
+    """The error for a unit that no batch holds, naming its records and the config keys to change."""
+    return InputError(f"records {[p.source for p in pairs]} (a twin unit, packed whole) need "
+                      f"{[p.packed_length for p in pairs]} tokens, more than one batch holds ({config.rows} rows of "
+                      f"{config.max_length} tokens, {config.max_pairs_per_row} pairs per row): raise "
+                      f"data.max_pairs_per_row, data.rows or data.seq_lengths, or set data.twins: false")
+
+
 def encode_record(
     record: Mapping[str, Any],
     index: int,
@@ -117,8 +131,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
             pairs = [pair for pair, _ in encoded if pair is not None]
             if pairs and not packer.add_all(pairs):
                 if packer.empty:
-                    raise ValueError(f"a unit of {len(pairs)} pairs does not fit one batch of "
-                                     f"{self._config.num_pair_slots} pair slots")
+                    raise unit_too_long(pairs, self._config)
                 self._pending = (state_before, item)
                 break
             for _, stats in encoded:

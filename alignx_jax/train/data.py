@@ -147,6 +147,20 @@ def check_records_fit(records: Sequence[Mapping[str, Any]], *, tokenizer, config
                      f"for the prompt; raise data.seq_lengths or set data.on_long_response: truncate")
 
 
+def check_units_fit(records: Sequence[Mapping[str, Any]], units: Sequence[Sequence[int]], *, tokenizer,
+                    config: DataConfig, seed: int, sample: int = 32) -> None:
+    """Refuse, before training, twin units that one batch cannot hold (the packer would stop mid-run):
+    encode the first `sample` units of two or more records and pack each into an empty batch."""
+    fmt, packing = prompt_format(config), packing_config(config)
+    for unit in [u for u in units if len(u) > 1][:sample]:
+        pairs = [data.encode_record(records[i], i, tokenizer=tokenizer, prompt_format=fmt, seed=seed,
+                                    max_length=config.seq_lengths[-1], on_long_response=config.on_long_response)[0]
+                 for i in unit]
+        pairs = [pair for pair in pairs if pair is not None]
+        if not data.unit_fits(pairs, packing):
+            raise data.unit_too_long(pairs, packing)
+
+
 def default_buckets(max_tokens: int, smallest: int = 64) -> tuple[int, ...]:
     """Powers of two from `smallest` up to (and including) `max_tokens`: a step compiles one shape per bucket."""
     buckets = [smallest]

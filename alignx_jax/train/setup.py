@@ -198,6 +198,8 @@ def setup(config: config_lib.TrainConfig, reporter: Reporter) -> Run:
         if not bridge.soft:  # text conditioning: each record's MAP profile goes into its PBA prompt
             splits = train_data.Splits(*bridge_lib.text_records(bridge))
     twins, groups, group_names = _batch_structure(config, splits)
+    if twins is not None:
+        train_data.check_units_fit(splits.train, twins.units, tokenizer=tokenizer, config=config.data, seed=config.seed)
     state, shardings = create_state(config, params, model, mesh, optimizer)
     if groups is not None:
         repl = train_sharding.replicated(mesh)

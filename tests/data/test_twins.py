@@ -1,8 +1,15 @@
 """Twin units: records with the same post and responses and opposite labels train in one batch."""
-import numpy as np
+import dataclasses
+import re
 
-from alignx_jax import data
+import numpy as np
+import pytest
+
+from alignx_jax import cli, data
 from alignx_jax import preferences as prefs
+from alignx_jax.errors import InputError
+from alignx_jax.train import data as train_data
+from alignx_jax.train.config import DataConfig
 
 
 def _record(prompt, chosen, rejected, persona):
@@ -59,6 +66,35 @@ def test_packed_batches_keep_every_unit_in_one_batch_and_resume_exactly(byte_tok
     again = iter(dataset)
     again.set_state(state)
     assert [b.pair_source.tolist() for b in again] == rest
+
+
+UNIT_TOO_LONG = (r"records \[[01], [01]\] \(a twin unit, packed whole\) need \[\d+, \d+\] tokens, more than one batch "
+                 r"holds \(1 rows of 512 tokens, 2 pairs per row\): raise data.max_pairs_per_row, data.rows or "
+                 r"data.seq_lengths, or set data.twins: false")
+
+
+def _long_twins():
+    return [_record("p" * 300, "a" * 60, "b" * 60, "friendly"), _record("p" * 300, "b" * 60, "a" * 60, "unfriendly")]
+
+
+def test_a_unit_too_long_for_one_batch_is_refused_before_training(byte_tokenizer):
+    records = _long_twins()  # 2 slots (rows 1 x 2 pairs), but a 512-token row holds one of these pairs
+    config = DataConfig(rows=1, seq_lengths=(512,), max_pairs_per_row=2, twins=True, prompt="ica")
+    with pytest.raises(InputError, match=UNIT_TOO_LONG):
+        train_data.check_units_fit(records, data.twin_units(records), tokenizer=byte_tokenizer, config=config, seed=0)
+    fitting = dataclasses.replace(config, seq_lengths=(2048,))
+    train_data.check_units_fit(records, data.twin_units(records), tokenizer=byte_tokenizer, config=fitting, seed=0)
+
+
+def test_a_unit_too_long_met_mid_run_gives_the_same_one_line_error(byte_tokenizer):
+    records = _long_twins()
+    config = data.PackingConfig(rows=1, seq_lengths=(512,), max_pairs_per_row=2)
+    dataset = data.packed_batches(records, tokenizer=byte_tokenizer, config=config, seed=0, shard_index=0,
+                                  shard_count=1, units=data.twin_units(records), num_epochs=1)
+    with pytest.raises(InputError, match=UNIT_TOO_LONG) as error:
+        next(iter(dataset))
+    # Grain appends a note on its traceback to the message; the CLI's one line leaves it out.
+    assert re.fullmatch(UNIT_TOO_LONG, cli._one_line(str(error.value)))
 
 
 def test_every_epoch_reads_the_records_by_their_own_positions(byte_tokenizer):
