@@ -83,13 +83,13 @@ def iter_generations(
     params, config = model
     indices = range(len(records)) if indices is None else indices
     skip = set(skip)
+    kept = [(record, int(index)) for record, index in zip(records, indices) if int(index) not in skip]
+    shown = [_modes.persona_history(record, items=persona_items, history=history) for record, _ in kept]
+    mode.prepare([record for record, _ in kept], shown)
     todo = []
-    for record, index in zip(records, indices):
-        if int(index) in skip:
-            continue
-        history_shown = _modes.persona_history(record, items=persona_items, history=history)
-        chat = mode.policy_render(record, int(index))(history_shown)
-        todo.append((prompt_ids(tokenizer, chat, max_tokens=max_prompt_tokens), int(index), record, chat))
+    for (record, index), history_shown in zip(kept, shown):
+        chat = mode.policy_render(record, index)(history_shown)
+        todo.append((prompt_ids(tokenizer, chat, max_tokens=max_prompt_tokens), index, record, chat))
     todo.sort(key=lambda item: (-len(item[0]), item[1]))  # similar lengths share a batch
     eos = set(config.eos_token_ids)
     for start in range(0, len(todo), batch_size):

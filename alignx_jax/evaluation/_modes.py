@@ -16,7 +16,7 @@ evaluation layout) with the persona's history. A mode renders the policy's promp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from alignx_jax import data
@@ -28,6 +28,7 @@ MODE_NAMES = ("ica", "pba_text", "pba_soft")
 TEXT_MODES = ("ica", "pba_text")
 ICA_LAYOUTS = ("eval", "train")
 PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
+PROFILE_BATCH = 32  # shown histories per bridge pass of the "learned" profile source
 
 Render = Callable[[data.History], data.ChatPrompt]
 
@@ -84,6 +85,11 @@ class EvalMode:
         prompt = record[prefs.PROMPT]
         return lambda history: data.reference_prompt(prompt, history)
 
+    def prepare(self, records: Sequence[Mapping[str, Any]], histories: Sequence[data.History]) -> None:
+        """Work for a chunk of records before they are rendered one by one (their shown `histories`):
+        a learned profile source runs its bridge over them in batches here. No work by default."""
+        del records, histories
+
     def score_policy(self, score: Callable[..., Any], params: Any, config: Any, arrays: Mapping[str, Any],
                      records: list[Mapping[str, Any]], histories: list[data.History] | None = None, **kwargs) -> Any:
         """The policy's `PairLogprobs` of a packed batch. Text modes call the shared scorer as is;
@@ -122,6 +128,8 @@ class PbaTextMode(EvalMode):
     name: str = "pba_text"
     profile: str = "auto"
     bridge: Any = dataclasses.field(default=None, compare=False)
+    # "learned": the profiles `prepare` computed for the current chunk, id(history) -> (history, text).
+    _profiles: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.profile not in PROFILE_SOURCES:
@@ -131,11 +139,29 @@ class PbaTextMode(EvalMode):
                              "PbaTextMode(profile='learned', "
                              "bridge=bridge.PersonaBridge(bridge.load(folder), tokenizer))")
 
+    def prepare(self, records: Sequence[Mapping[str, Any]], histories: Sequence[data.History]) -> None:
+        """"learned": the MAP profiles of `histories`, PROFILE_BATCH at a time (one compiled shape: the last
+        batch is padded with its first history), for `profile_text` to look up."""
+        if self.profile != "learned":
+            return
+        from alignx_jax import bridge
+
+        self._profiles.clear()
+        for start in range(0, len(histories), PROFILE_BATCH):
+            part, part_records = list(histories[start:start + PROFILE_BATCH]), list(records[start:start + PROFILE_BATCH])
+            pad = PROFILE_BATCH - len(part)
+            dists = self.bridge.distributions(part + part[:1] * pad, part_records + part_records[:1] * pad)
+            for history, dist in zip(part, dists):
+                self._profiles[id(history)] = (history, bridge.map_profile(dist))
+
     def profile_text(self, record: Mapping[str, Any], history: data.History, index: int) -> str:
         source = self.profile
         if source == "learned":
             from alignx_jax import bridge
 
+            prepared = self._profiles.get(id(history))
+            if prepared is not None and prepared[0] is history:
+                return prepared[1]
             return bridge.map_profile(self.bridge.distributions([history], [record])[0])
         if source == "auto":
             source = "precomputed" if record.get(prefs.PROFILE) else "official"
@@ -171,11 +197,18 @@ class PbaSoftMode(EvalMode):
         if self.bridge is None:
             raise InputError("mode pba_soft needs the policy's preference bridge: "
                              "PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy_folder), tokenizer))")
+        # A text-conditioned bridge: the policy reads its MAP profile text, as pba_text's learned source.
+        object.__setattr__(self, "_text", None if self.bridge.soft else PbaTextMode(profile="learned",
+                                                                                      bridge=self.bridge))
+
+    def prepare(self, records: Sequence[Mapping[str, Any]], histories: Sequence[data.History]) -> None:
+        if self._text is not None:
+            self._text.prepare(records, histories)
 
     def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
         prompt = record[prefs.PROMPT]
-        if not self.bridge.soft:
-            return PbaTextMode(profile="learned", bridge=self.bridge).policy_render(record, index)
+        if self._text is not None:
+            return self._text.policy_render(record, index)
         text = data.soft_profile(self.bridge.num_slots)
         return lambda history: data.pba_prompt(prompt, text, evaluation=True)
 

@@ -75,9 +75,8 @@ def _histories(history: int | Sequence[int] | None) -> list[int | None]:
     return [None if cap is None else int(cap) for cap in settings]
 
 
-def _encode(record: Mapping[str, Any], index: int, cap: int | None, position: int, *, mode: _modes.EvalMode,
-            persona_items: str, tokenizer: Any, reference_tokenizer: Any, max_length: int) -> _Encoded:
-    history = _modes.persona_history(record, items=persona_items, history=cap)
+def _encode(record: Mapping[str, Any], index: int, cap: int | None, position: int, history: data.History, *,
+            mode: _modes.EvalMode, tokenizer: Any, reference_tokenizer: Any, max_length: int) -> _Encoded:
     chosen, rejected = record[prefs.CHOSEN], record[prefs.REJECTED]
 
     def encode(tok, render):
@@ -172,9 +171,12 @@ def iter_scores(
     score = lambda params, config, arrays, num_rows, soft_tokens=None: scorer(  # noqa: E731
         params, config, arrays, num_pairs=num_rows, soft_tokens=soft_tokens)
     for start in range(0, len(work), chunk_records):
-        chunk = [_encode(record, index, cap, position, mode=mode, persona_items=persona_items, tokenizer=tokenizer,
+        part = work[start:start + chunk_records]
+        histories = [_modes.persona_history(record, items=persona_items, history=cap) for record, _, cap in part]
+        mode.prepare([record for record, _, _ in part], histories)
+        chunk = [_encode(record, index, cap, position, history, mode=mode, tokenizer=tokenizer,
                          reference_tokenizer=reference_tokenizer, max_length=seq_lengths[-1])
-                 for position, (record, index, cap) in enumerate(work[start:start + chunk_records])]
+                 for position, ((record, index, cap), history) in enumerate(zip(part, histories))]
         # Longest first: the largest shape (and any out-of-memory) shows up at once, and each batch
         # holds pairs of similar length, so little of it is padding.
         chunk.sort(key=lambda e: (-e.length, e.position))

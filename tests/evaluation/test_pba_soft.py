@@ -13,6 +13,7 @@ from alignx_jax import bridge, cli, data, evaluation, interop, kernels
 from alignx_jax.cli import eval as eval_cli
 from alignx_jax import preferences as prefs
 from alignx_jax.errors import InputError
+from alignx_jax.evaluation import _modes as evaluation_modes
 from alignx_jax.models import llama, scoring
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cli"))
@@ -145,6 +146,25 @@ def test_learned_profile_is_the_bridges_map_labels(policy):
         evaluation.PbaTextMode(profile="learned")
     with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
         evaluation.PbaTextMode(profile="official", bridge=reader)
+
+
+def test_learned_profiles_of_a_chunk_come_from_batched_bridge_passes_with_the_same_labels(policy):
+    reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
+    records = policy["records"]
+    histories = [data.full_history(record) for record in records]
+    single = [bridge.map_profile(reader.distributions([h], [r])[0]) for h, r in zip(histories, records)]
+    calls, distributions = [], reader.distributions
+    reader.distributions = lambda hs, rs=None: calls.append(len(hs)) or distributions(hs, rs)
+    mode = evaluation.PbaTextMode(profile="learned", bridge=reader)
+    mode.prepare(records, histories)
+    passes = -(-len(records) // evaluation_modes.PROFILE_BATCH)
+    assert calls == [evaluation_modes.PROFILE_BATCH] * passes  # padded: one compiled shape
+    for index, (record, history, want) in enumerate(zip(records, histories, single)):
+        assert mode.policy_render(record, index)(history) == data.pba_prompt(record["prompt"], want, evaluation=True)
+    assert len(calls) == passes  # rendering looked the profiles up, it ran no bridge pass of its own
+    other = data.full_history(records[0])  # a history `prepare` did not see: a pass of its own
+    mode.policy_render(records[0], 0)(other)
+    assert calls[-1] == 1
 
 
 def test_alignx_eval_profile_learned_reads_another_models_bridge(policy, tmp_path, capsys):
