@@ -22,7 +22,8 @@ data preparation, compilation and steps; each stops before a step that would end
 its fastest correct setting: ours the config's recipe (twin batches, the cross-user term, a constant
 learning rate, LoRA on the top layers, the packed shared-prefix step); TRL's `DPOTrainer` the same
 records in our order, the config's loss as TRL writes it (`rpo`: `loss_type=["sigmoid", "sft"]`), the
-same learning rate, beta, clipping and LoRA (rank, alpha, projections, layers), 4 pairs per step.
+same learning rate, beta, clipping and LoRA (rank, alpha, projections, layers), 4 pairs per step,
+without gradient checkpointing (TRL's default; it only recomputes activations that fit memory anyway).
 Both are scored by `alignx eval` on the config's held-out users (written to out/heldout.json before
 either trains; our run itself skips held-out passes, so no scoring counts against its budget).
     JAX_PLATFORMS=cpu .venv/bin/python tools/bench_quality.py --equal-time 600 --seed 0 --out runs/equal_time/s0
@@ -107,7 +108,7 @@ def train_trl(config, pairs: list[dict], steps: int, out: pathlib.Path, *, budge
         gradient_accumulation_steps=1, learning_rate=config.optimizer.lr, lr_scheduler_type=config.optimizer.schedule,
         warmup_steps=config.optimizer.warmup_steps, weight_decay=config.optimizer.weight_decay,
         max_grad_norm=config.optimizer.clip_norm, beta=config.beta, loss_type=loss_type, loss_weights=loss_weights,
-        max_length=None,
+        max_length=None, gradient_checkpointing=False,  # TRL's default recomputes activations: slower, no gain here
         bf16=False, fp16=False, use_cpu=True, seed=config.seed, train_sampling_strategy="sequential", report_to=[],
         logging_steps=1, save_strategy="no", eval_strategy="no", dataloader_num_workers=0)
     clock = _Deadline(start + budget) if budget is not None else None
@@ -204,7 +205,8 @@ def equal_time(args, out: pathlib.Path) -> tuple[dict, dict]:
 
 
 def _overrides(args) -> list[str]:
-    return ([f"steps={args.steps}"] if args.steps else []) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    return ([f"steps={args.steps}"] if args.steps else []) + ([f"seed={args.seed}"] if args.seed is not None else []) \
+        + args.overrides
 
 
 def main() -> None:
@@ -216,6 +218,7 @@ def main() -> None:
                         help=f"default: {CONFIG.name}, with --equal-time {EQUAL_TIME_CONFIG.name}")
     parser.add_argument("--seed", type=int, default=None, help="default: the config's")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "runs" / "quality")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as `alignx train` takes")
     parser.add_argument("--skip-trl", action="store_true")
     args = parser.parse_args()
     if args.equal_time is not None and (args.equal_time <= 0 or args.steps):
