@@ -15,9 +15,9 @@ import grain
 import numpy as np
 
 from alignx_jax import preferences as prefs
-from alignx_jax.errors import InputError
 from alignx_jax.data import _rendering as rendering
 from alignx_jax.data._packing import EncodedPair, PackingConfig, PackingStats, RowPacker, encode_pair
+from alignx_jax.errors import InputError
 
 PERSONA_KINDS = ("ica", "pba")
 HISTORY_MODES = ("sampled", "full")

@@ -140,8 +140,8 @@ class PbaTextMode(EvalMode):
                              "bridge=bridge.PersonaBridge(bridge.load(folder), tokenizer))")
 
     def prepare(self, records: Sequence[Mapping[str, Any]], histories: Sequence[data.History]) -> None:
-        """"learned": the MAP profiles of `histories`, PROFILE_BATCH at a time (one compiled shape: the last
-        batch is padded with its first history), for `profile_text` to look up."""
+        """Profile source "learned": the MAP profiles of `histories`, PROFILE_BATCH at a time (one compiled
+        shape: the last batch is padded with its first history), for `profile_text` to look up."""
         if self.profile != "learned":
             return
         from alignx_jax import bridge
