@@ -111,7 +111,7 @@ def train_trl(config, pairs: list[dict], steps: int, out: pathlib.Path, *, budge
         max_length=None, gradient_checkpointing=False,  # TRL's default recomputes activations: slower, no gain here
         bf16=False, fp16=False, use_cpu=True, seed=config.seed, train_sampling_strategy="sequential", report_to=[],
         logging_steps=1, save_strategy="no", eval_strategy="no", dataloader_num_workers=0)
-    clock = _Deadline(start + budget) if budget is not None else None
+    clock = _deadline_callback(start + budget) if budget is not None else None
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
                              processing_class=tokenizer, peft_config=lora, callbacks=[clock] if clock else None)
     if budget is None:
@@ -124,7 +124,7 @@ def train_trl(config, pairs: list[dict], steps: int, out: pathlib.Path, *, budge
     return {"seconds": seconds, "steps": int(trainer.state.global_step)}
 
 
-def _Deadline(deadline: float):
+def _deadline_callback(deadline: float):
     """A TrainerCallback that stops training before a step that would end past `deadline`."""
     import transformers
 
