@@ -1,0 +1,42 @@
+"""tools/learning_curve.py on a hand-written run folder: pairs trained are the running sum of each
+step's pairs, the policy-only curve starts at the start model, the last cell carries the worst
+persona's CI."""
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path):
+    rows = [{"step": 1, "pairs": 4.0}, {"step": 2, "pairs": 3.0, "eval_accuracy": 0.6, "eval_worst_persona_accuracy": 0.4,
+                                         "eval_accuracy_logp": 0.65, "eval_worst_persona_accuracy_logp": 0.45},
+            {"step": 3, "pairs": 4.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    persona = lambda a, lo, hi: {"n": 20, "accuracy": a, "accuracy_logp": a + 0.05, "ci": [lo, hi],  # noqa: E731
+                                 "ci_logp": [lo + 0.05, hi + 0.05]}
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "eval_accuracy": 0.7, "eval_worst_persona_accuracy": 0.5, "eval_accuracy_logp": 0.75,
+        "eval_worst_persona_accuracy_logp": 0.55, "eval_accuracy_logp_before": 0.6,
+        "eval_worst_persona_accuracy_logp_before": 0.3,
+        "per_persona": {"a": persona(0.9, 0.75, 1.0), "b": persona(0.5, 0.3, 0.7)}}))
+    return tmp_path
+
+
+def _table(run, *flags):
+    command = [sys.executable, str(ROOT / "tools" / "learning_curve.py"), str(run), *flags]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_paper_metric_curve_has_no_start_point(tmp_path):
+    run = _run(tmp_path)
+    assert _table(run) == f"| {run} | 7: 60.0 / 40.0; 11: 70.0 / 50.0 | 50.0 [30, 70] |"
+
+
+def test_policy_only_curve_starts_at_the_start_model(tmp_path):
+    run = _run(tmp_path)
+    png = tmp_path / "curve.png"
+    table = _table(run, "--metric", "policy", "--png", str(png))
+    assert table == f"| {run} | 0: 60.0 / 30.0; 7: 65.0 / 45.0; 11: 75.0 / 55.0 | 55.0 [35, 75] |"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,80 @@
+"""Learning curves of training runs: held-out mean and worst persona against pairs trained.
+
+    .venv/bin/python tools/learning_curve.py runs/study/sigmoid_s0 runs/study/sigmoid_s1 \
+        [--png curve.png] [--metric paper|policy]
+
+Reads each run's metrics.jsonl (the held-out evaluations every `eval_every` steps, and the pairs of
+each step) and summary.json (the start model's policy-only figures, and the last evaluation's per-
+persona figures with their 95% bootstrap CIs). Prints one markdown row per run: pairs trained: mean /
+worst persona (%) at each evaluation, then the last one's worst persona with its CI. `--png` draws
+worst persona (solid) and mean (dashed) against pairs trained, one colour per run. The paper's
+metric has no "before" point (the start model is its own reference: every margin is 0, a tie,
+scored wrong); the policy-only view starts at the start model's figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "ci"),
+        "policy": ("eval_accuracy_logp", "eval_worst_persona_accuracy_logp", "accuracy_logp", "ci_logp")}
+
+
+def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]], dict]:
+    """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary."""
+    mean_key, worst_key, _, _ = KEYS[metric]
+    summary = json.loads((run / "summary.json").read_text())
+    points, pairs = [], 0.0
+    if metric == "policy" and "eval_accuracy_logp_before" in summary:
+        points.append((0, summary["eval_accuracy_logp_before"], summary["eval_worst_persona_accuracy_logp_before"]))
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        pairs += row["pairs"]
+        if mean_key in row:
+            points.append((round(pairs), row[mean_key], row[worst_key]))
+    if summary.get(mean_key) is not None and (not points or points[-1][0] != round(pairs)):
+        points.append((round(pairs), summary[mean_key], summary[worst_key]))
+    return points, summary
+
+
+def worst_with_ci(summary: dict, metric: str) -> str:
+    """The last evaluation's worst persona with its 95% CI, e.g. '60.0 [40, 80]'."""
+    _, _, accuracy, ci = KEYS[metric]
+    worst = min(summary["per_persona"].values(), key=lambda v: v[accuracy])
+    low, high = worst[ci]
+    return f"{100 * worst[accuracy]:.1f} [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="training output folders (out_dir)")
+    parser.add_argument("--metric", choices=sorted(KEYS), default="paper")
+    parser.add_argument("--png", type=pathlib.Path, help="draw the curves to this file")
+    args = parser.parse_args()
+    curves = {run: curve(run, args.metric) for run in args.runs}
+    for run, (points, summary) in curves.items():
+        cells = "; ".join(f"{pairs}: {100 * mean:.1f} / {100 * worst:.1f}" for pairs, mean, worst in points)
+        print(f"| {run} | {cells} | {worst_with_ci(summary, args.metric)} |")
+    if args.png:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run, (points, _) in curves.items():
+            pairs = [p for p, _, _ in points]
+            line, = ax.plot(pairs, [w for _, _, w in points], marker="o", label=f"{run.name}: worst persona")
+            ax.plot(pairs, [m for _, m, _ in points], linestyle="--", color=line.get_color(), label=f"{run.name}: mean")
+        ax.axhline(0.5, color="grey", linewidth=1, linestyle=":", label="chance")
+        ax.set_xlabel("pairs trained")
+        ax.set_ylabel(f"held-out accuracy ({'paper' if args.metric == 'paper' else 'policy-only'})")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
