@@ -73,10 +73,11 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     and once for the held-out policy batches), one compiled step shape; at most `steps` steps at a
     constant rate from the first (LoRA starts as the base model), so that a run the time budget stops
     early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 20 records and 10
-    P-Soups records per persona. The loss is DPO plus the chosen response's NLL (`rpo`), so the
-    policy also learns to answer in the user's style rather than echo the history, and every step
-    trains twin pairs (the same post and responses under two users who disagree: mirror twins, P-Soups
-    personas on a shared prompt) with the cross-user term, which only reading the user lowers."""
+    P-Soups records per persona. Every step trains twin pairs (the same post and responses under two
+    users who disagree: mirror twins, P-Soups personas on a shared prompt) with DPO (`sigmoid`) and the
+    cross-user term, which only reading the user lowers. No NLL term (`rpo`): it raises the chosen
+    response whoever the user is, the one push left that a twin batch does not cancel (the recipe
+    study in docs/experiments.md)."""
     from alignx_jax.train import config_from_dict
 
     files = [{"path": str(psoups), "heldout_per_persona": 10, "limit": 64}] if psoups else []
@@ -86,7 +87,7 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
                  "heldout_synthetic": {"users": 4, "records_per_user": 20, "history_items": 1},
                  "files": files, "rows": 4, "seq_lengths": [640], "max_pairs_per_row": 1,
                  "scored_buckets": [512, 1024], "twins": True},
-        "loss": "rpo", "loss_hparams": {"rpo_alpha": 1.0}, "beta": 0.1, "reference": "lora",
+        "loss": "sigmoid", "beta": 0.1, "reference": "lora",
         "twin_loss": "cross_user", "twin_loss_weight": 1.0,
         "lora": {"rank": 16, "alpha": 32, "layers": 6}, "optimizer": {"lr": 5e-3, "warmup_steps": 0, "schedule": "constant"},
         "checkpoint_every": steps, "eval_every": 0, "eval": {"rows": 4, "layout": "training"},
@@ -211,7 +212,7 @@ def _plot(groups: dict, metrics_rows: list[dict], path: pathlib.Path) -> None:
     bars.set_title("Held-out accuracy per persona, before and after training")
     bars.legend(fontsize=8, loc="lower right")
     steps = [r["step"] for r in metrics_rows]
-    for key, label in (("loss", "loss (DPO + NLL + cross-user)"), ("rewards/accuracies", "reward accuracy (4 pairs)")):
+    for key, label in (("loss", "loss (DPO + cross-user)"), ("rewards/accuracies", "reward accuracy (4 pairs)")):
         values = [r[key] for r in metrics_rows]
         line, = curve.plot(steps, values, alpha=0.25, linewidth=0.8)
         curve.plot(steps, moving_average(values, SMOOTHING), color=line.get_color(),
