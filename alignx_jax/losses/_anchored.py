@@ -111,3 +111,27 @@ def apo_down(
                       policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
     r_w, r_l = _rewards("apo_down", pair, beta)
     return loss_output(pair, jax.nn.sigmoid(r_w) + jax.nn.sigmoid(-(r_w - r_l)), r_w, r_l)
+
+
+@register("dpop")
+def dpop(
+    policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta=0.1, dpop_lambda=50.0,
+    chosen_tokens=None, rejected_tokens=None, policy_chosen_avg=None, policy_rejected_avg=None, weights=None,
+):
+    r"""DPO-Positive: DPO whose margin pays for every nat the chosen response falls below the reference.
+
+    .. math:: L = -\log\sigma\left(\beta\left(u_w - u_l - \lambda \max(0, -u_w)\right)\right)
+
+    Pal et al., 2024, "Smaug: Fixing Failure Modes of Preference Optimisation with DPO-Positive",
+    arXiv 2402.13228 (Eq. 3; lambda = ``dpop_lambda``, 50 in the paper). Where DPO can win a margin by
+    lowering both responses (the chosen one less), this loss cannot: equal to ``sigmoid`` while the
+    policy keeps the chosen response at least as likely as the reference does.
+    """
+    pair = check_pair("dpop", policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                      chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens,
+                      policy_chosen_avg=policy_chosen_avg, policy_rejected_avg=policy_rejected_avg, weights=weights)
+    if isinstance(dpop_lambda, (int, float)) and dpop_lambda < 0:
+        raise ValueError(f"loss 'dpop': dpop_lambda must be >= 0, got {dpop_lambda}")
+    r_w, r_l = _rewards("dpop", pair, beta)
+    u_w, u_l = pair.policy_chosen - pair.ref_chosen, pair.policy_rejected - pair.ref_rejected
+    return loss_output(pair, -jax.nn.log_sigmoid(beta * (u_w - u_l - dpop_lambda * jax.nn.relu(-u_w))), r_w, r_l)

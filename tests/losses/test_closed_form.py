@@ -113,6 +113,21 @@ def test_rpo_is_dpo_plus_alpha_nll_and_equals_the_mixture(pair_batch):
     np.testing.assert_allclose(metrics["nll_loss"], -pc / n_w, rtol=1e-12)
 
 
+def test_dpop_charges_lambda_per_nat_of_chosen_below_the_reference(pair_batch):
+    pc, pr, rc, rr = pair_batch.logps
+    u_w, u_l = pc - rc, pr - rr
+    assert (u_w < 0).any() and (u_w > 0).any()  # both sides of the hinge are checked
+    values, metrics = run("dpop", pair_batch.logps, beta=0.3, dpop_lambda=7.0)
+    np.testing.assert_allclose(values, neg_log_sigmoid(0.3 * (u_w - u_l - 7.0 * np.maximum(0.0, -u_w))), rtol=1e-12)
+    np.testing.assert_allclose(metrics["rewards/chosen"], 0.3 * u_w, rtol=1e-12)
+    above = u_w >= 0  # where the chosen stays above the reference it is plain DPO
+    np.testing.assert_allclose(values[above], run("sigmoid", pair_batch.logps, beta=0.3)[0][above], rtol=1e-12)
+    np.testing.assert_allclose(run("dpop", pair_batch.logps, beta=0.3, dpop_lambda=0.0)[0],
+                               run("sigmoid", pair_batch.logps, beta=0.3)[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="loss 'dpop': dpop_lambda must be >= 0, got -1"):
+        run("dpop", pair_batch.logps, dpop_lambda=-1)
+
+
 def test_sft_token_averages(pair_batch):
     pc = pair_batch.logps[0]
     n_w = pair_batch.chosen_tokens

@@ -116,6 +116,7 @@ _BETA_TIMES_INPUT = (
     "nca_pair",
     "apo_zero",
     "apo_down",
+    "dpop",
     "aot",
     "aot_pair",
     "aot_unpaired",
