@@ -75,9 +75,8 @@ def training_config(out: pathlib.Path, *, steps: int, seed: int, psoups: pathlib
     early is not left mid-schedule. Held out: 4 synthetic users (2 mirror pairs) x 20 records and 10
     P-Soups records per persona. Every step trains twin pairs (the same post and responses under two
     users who disagree: mirror twins, P-Soups personas on a shared prompt) with DPO (`sigmoid`) and the
-    cross-user term, which only reading the user lowers. No NLL term (`rpo`): it raises the chosen
-    response whoever the user is, the one push left that a twin batch does not cancel (the recipe
-    study in docs/experiments.md)."""
+    cross-user term, which only reading the user lowers. No NLL term (`rpo`): with twin batches, DPO
+    alone read the held-out users better on two seeds (the recipe study in docs/experiments.md)."""
     from alignx_jax.train import config_from_dict
 
     files = [{"path": str(psoups), "heldout_per_persona": 10, "limit": 64}] if psoups else []

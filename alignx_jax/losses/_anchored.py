@@ -1,8 +1,9 @@
 """Losses that anchor each response's log-ratio u(y) = log pi(y|x) - log pi_ref(y|x) on its own, not
 only the margin u(y_w) - u(y_l): they push the absolute rewards (chosen up, rejected down, or both down).
 
-Formulas follow TRL 1.16 ``DPOTrainer._compute_loss`` (trl/trainer/dpo_trainer.py, lines 1419-1482).
-TRL offers no f-divergence transform for them (its log Z term only cancels in a margin, lines 808-816).
+Formulas follow TRL 1.16 ``DPOTrainer._compute_loss`` (trl/trainer/dpo_trainer.py, lines 1419-1482);
+``dpop``, which TRL lacks, follows its paper. TRL offers no f-divergence transform for them (its log Z
+term only cancels in a margin, lines 808-816).
 """
 from __future__ import annotations
 
