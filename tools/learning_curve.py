@@ -22,19 +22,25 @@ KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "c
 
 
 def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]], dict]:
-    """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary."""
+    """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary. The
+    summary's (final) evaluation is placed at its own `steps`, so a summary older than metrics.jsonl
+    (a resumed run still going) does not take the newest step's place."""
+    from alignx_jax.train.metrics import read_metrics
+
     mean_key, worst_key, _, _ = KEYS[metric]
     summary = json.loads((run / "summary.json").read_text())
-    points, pairs = [], 0.0
+    points, pairs, pairs_at = [], 0.0, {}
     if metric == "policy" and "eval_accuracy_logp_before" in summary:
         points.append((0, summary["eval_accuracy_logp_before"], summary["eval_worst_persona_accuracy_logp_before"]))
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in read_metrics(run):
         pairs += row["pairs"]
+        pairs_at[row["step"]] = round(pairs)
         if mean_key in row:
             points.append((round(pairs), row[mean_key], row[worst_key]))
-    if summary.get(mean_key) is not None and (not points or points[-1][0] != round(pairs)):
-        points.append((round(pairs), summary[mean_key], summary[worst_key]))
+    final = pairs_at.get(summary.get("steps"))
+    if summary.get(mean_key) is not None and final is not None and final not in {p for p, _, _ in points}:
+        points.append((final, summary[mean_key], summary[worst_key]))
+        points.sort(key=lambda point: point[0])
     return points, summary
 
 

@@ -57,5 +57,5 @@ def test_moving_average_is_the_trailing_mean():
 def test_the_demo_trains_twin_pairs_with_the_cross_user_term(tmp_path):
     config = demo.training_config(tmp_path, steps=5, seed=0, psoups=None)
     assert config.data.twins and config.twin_loss == "cross_user"
-    assert config.loss == "sigmoid" and not config.loss_hparams  # no NLL: it pushes every user alike
+    assert config.loss == "sigmoid" and not config.loss_hparams  # no NLL term (the recipe study)
     assert config.data.heldout_synthetic.users == 4 and config.data.heldout_synthetic.records_per_user == 20

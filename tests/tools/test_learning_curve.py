@@ -17,7 +17,7 @@ def _run(tmp_path):
     persona = lambda a, lo, hi: {"n": 20, "accuracy": a, "accuracy_logp": a + 0.05, "ci": [lo, hi],  # noqa: E731
                                  "ci_logp": [lo + 0.05, hi + 0.05]}
     (tmp_path / "summary.json").write_text(json.dumps({
-        "eval_accuracy": 0.7, "eval_worst_persona_accuracy": 0.5, "eval_accuracy_logp": 0.75,
+        "steps": 3, "eval_accuracy": 0.7, "eval_worst_persona_accuracy": 0.5, "eval_accuracy_logp": 0.75,
         "eval_worst_persona_accuracy_logp": 0.55, "eval_accuracy_logp_before": 0.6,
         "eval_worst_persona_accuracy_logp_before": 0.3,
         "per_persona": {"a": persona(0.9, 0.75, 1.0), "b": persona(0.5, 0.3, 0.7)}}))
@@ -40,3 +40,11 @@ def test_policy_only_curve_starts_at_the_start_model(tmp_path):
     table = _table(run, "--metric", "policy", "--png", str(png))
     assert table == f"| {run} | 0: 60.0 / 30.0; 7: 65.0 / 45.0; 11: 75.0 / 55.0 | 55.0 [35, 75] |"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_older_summary_sits_at_its_own_step(tmp_path):
+    """A resumed run still going: metrics.jsonl has passed the step its summary.json was written at."""
+    run = _run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "steps": 1}))
+    assert _table(run) == f"| {run} | 4: 70.0 / 50.0; 7: 60.0 / 40.0 | 50.0 [30, 70] |"
