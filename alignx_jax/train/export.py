@@ -1,5 +1,6 @@
-"""The end of a run: the final held-out evaluation, summary.json, heldout_scores.jsonl and the
-exported model (model/: our folder format, LoRA merged, with a bridge beside it; hf/ with export_hf).
+"""The end of a run: the final held-out evaluation (in summary.json and on the last step's row of
+metrics.jsonl), heldout_scores.jsonl and the exported model (model/: our folder format, LoRA merged,
+with a bridge beside it; hf/ with export_hf).
 
     summary = finish(run, state, held, last_row, eval_rows, started, message)
 """
@@ -16,6 +17,7 @@ from alignx_jax import evaluation, interop
 from alignx_jax import preferences as prefs
 from alignx_jax.train import data as train_data
 from alignx_jax.train import heldout as heldout_lib
+from alignx_jax.train import metrics
 from alignx_jax.train.step import TrainState, policy_params
 
 
@@ -76,6 +78,19 @@ def seen_unseen_figures(rows: list[dict], unseen_personas: frozenset[str], *, be
     return _figures(_group_reports(rows, unseen_personas, beta=beta))
 
 
+def evaluation_entry(step: int, rows: list[dict], report: dict, unseen_personas: frozenset[str], *,
+                     beta: float) -> dict:
+    """A held-out evaluation as metrics.jsonl and `eval_history` hold it: the step, the paper's metric
+    and the policy-only view (mean and worst persona), and the seen / unseen figures when the held-out
+    set has unseen personas. `report` is `evaluation.summarize(rows)`."""
+    entry = {"step": step, "eval_accuracy": report["accuracy"], "eval_accuracy_logp": report["accuracy_logp"],
+             "eval_worst_persona_accuracy": report["worst_persona_accuracy"],
+             "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp")}
+    if unseen_personas:
+        entry.update(seen_unseen_figures(rows, unseen_personas, beta=beta))
+    return entry
+
+
 def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_personas: frozenset[str], *,
                        beta: float) -> dict:
     """summary.json's seen / unseen figures: `seen_unseen_figures`, each group's per persona, and the
@@ -95,6 +110,9 @@ def seen_unseen_fields(rows: list[dict], before_rows: list[dict], unseen_persona
 
 def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, started: float,
            message: Callable[[str], None]) -> dict:
+    """The final evaluation, the exported model and summary.json (returned). `eval_rows`: the run's
+    earlier evaluations (`evaluation_entry`), those of the sessions before a resume included; the
+    final one joins the last step's row of metrics.jsonl, so a run extended later keeps it."""
     config = run.config
     final_params = policy_params(state, run.spec)
     report = before = None
@@ -108,6 +126,8 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
                 for row, start in zip(rows, before_rows):
                     f.write(json.dumps({**row, "start_chosen_logp": start["policy_chosen_logp"],
                                         "start_rejected_logp": start["policy_rejected_logp"]}) + "\n")
+            metrics.add_to_row(run.out_dir, evaluation_entry(int(state.step), rows, report, run.splits.unseen_personas,
+                                                             beta=config.beta))
     summary = {
         "steps": int(state.step), "final_loss": last_row.get("loss"),
         "eval_accuracy": report and report["accuracy"], "eval_accuracy_logp": report and report["accuracy_logp"],

@@ -3,7 +3,8 @@
     train(config, reporter) -> summary
 
 Outputs under `out_dir`: config.yaml, heldout.json (the held-out records), metrics.jsonl (one row
-per step), tensorboard/, checkpoints/<step>/ (or under `checkpoint_dir`), summary.json, heldout_scores.jsonl (per held-out
+per `log_every` steps and the last; the held-out evaluations on their steps' rows, the final one too;
+a resumed run keeps the rows up to its checkpoint), tensorboard/, checkpoints/<step>/ (or under `checkpoint_dir`), summary.json, heldout_scores.jsonl (per held-out
 record: the policy's, the reference's and the start model's log-probs), model/ (our folder format, LoRA merged;
 `alignx convert jax-to-hf` reads it) and, with export_hf, hf/. A rerun of the same config resumes from the newest
 checkpoint that restores and continues the same loss curve; SIGTERM (preemption) saves a final
@@ -138,7 +139,9 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
     row_sharding, pair_sharding = train_sharding.batch_shardings(run.mesh)
     peak = metrics.peak_flops_per_device() * jax.device_count()
     base_rng = jax.random.key(config.seed)
-    compiled_shapes, last_row, eval_rows = set(), {}, []
+    # The evaluations of the sessions before a resume (the steps up to its checkpoint) stay in the history.
+    eval_rows = metrics.evaluations(writer.kept_rows) if writer is not None else []
+    compiled_shapes, last_row = set(), {}
     reporter.start(config.steps, start_step)
     preempted, step_seconds = False, None
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(model_sharding.DEFAULT_RULES):
@@ -175,20 +178,21 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
             last_row = row
             if held is not None and config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
                 scored = heldout_lib.policy_rows(run, held, state)
-                entry = _eval_row(step + 1, evaluation.summarize(scored, beta=config.beta))
-                if run.splits.unseen_personas:
-                    entry.update(export.seen_unseen_figures(scored, run.splits.unseen_personas, beta=config.beta))
+                entry = export.evaluation_entry(step + 1, scored, evaluation.summarize(scored, beta=config.beta),
+                                                run.splits.unseen_personas, beta=config.beta)
                 row.update(entry)
                 eval_rows.append(entry)
-            if writer is not None and ((step + 1) % config.log_every == 0 or "eval_accuracy" in row):
-                writer.write(row)
             reporter.step(step + 1, row)
             if not row["compiled"]:
                 step_seconds = time.perf_counter() - iteration_start
             # SIGTERM may reach one process only: all of them stop (and save) at the same step.
             stop = hosts.any_process(flag["stop"])
             out_of_time = _past_deadline(deadline, (step_seconds or 0.0) + finish_seconds)
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or stop or out_of_time:
+            last = step + 1 == config.steps or stop or out_of_time
+            # The last step's row is always logged: the final held-out evaluation joins it (export.finish).
+            if writer is not None and ((step + 1) % config.log_every == 0 or "eval_accuracy" in row or last):
+                writer.write(row)
+            if (step + 1) % config.checkpoint_every == 0 or last:
                 checkpoints.save(step + 1, ckpt.saved_state(state, with_frozen=warmed), iterator, {"seed": config.seed})
             if out_of_time and step + 1 < config.steps:
                 reporter.message(f"time budget: stopping after step {step + 1} of {config.steps}")
@@ -232,8 +236,3 @@ def _preemption_flag():
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
-
-def _eval_row(step: int, report: Mapping[str, Any]) -> dict:
-    return {"step": step, "eval_accuracy": report["accuracy"], "eval_accuracy_logp": report["accuracy_logp"],
-            "eval_worst_persona_accuracy": report["worst_persona_accuracy"],
-            "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp")}

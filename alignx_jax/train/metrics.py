@@ -84,21 +84,22 @@ class MetricsWriter:
         self._tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run recomputes the steps after its checkpoint: drop their rows (and a torn last line)."""
+        """A resumed run recomputes the steps after its checkpoint: drop their rows (and a torn last
+        line); `kept_rows` are the rows that stay."""
+        self.kept_rows = []
         if not self.path.exists():
             return
-        kept = []
         for line in self.path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if row.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+                self.kept_rows.append(row)
+        _write_rows(self.path, self.kept_rows)
 
     def write(self, row: dict) -> None:
-        row = {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v) for k, v in row.items()}
+        row = _plain(row)
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         step = row["step"]
@@ -111,6 +112,35 @@ class MetricsWriter:
         self._tensorboard.close()
 
 
+def _plain(row: dict) -> dict:
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer, jax.Array)) else v) for k, v in row.items()}
+
+
+def _write_rows(path: pathlib.Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def read_metrics(out_dir: str | pathlib.Path) -> list[dict]:
     path = pathlib.Path(out_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def evaluations(rows: list[dict]) -> list[dict]:
+    """The held-out evaluations among metrics rows: each row's step and `eval_*` fields."""
+    return [{k: v for k, v in row.items() if k == "step" or k.startswith("eval_")}
+            for row in rows if "eval_accuracy" in row]
+
+
+def add_to_row(out_dir: str | pathlib.Path, fields: dict) -> None:
+    """Adds `fields` to metrics.jsonl's row of step `fields["step"]` (a new row at the end when the
+    step was not logged); the final held-out evaluation goes there, after the loop closed the file."""
+    path = pathlib.Path(out_dir) / "metrics.jsonl"
+    rows = read_metrics(out_dir)
+    fields = _plain(fields)
+    for row in rows:
+        if row["step"] == fields["step"]:
+            row.update(fields)
+            break
+    else:
+        rows.append(fields)
+    _write_rows(path, rows)

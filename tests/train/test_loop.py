@@ -68,6 +68,22 @@ def test_a_deadline_stops_the_steps_and_still_finishes(tmp_path, recorder):
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
 
 
+def test_a_run_extended_by_resuming_keeps_its_evaluations(tmp_path):
+    """The final held-out evaluation joins the last step's row of metrics.jsonl (the last step is
+    logged whatever `log_every` says); a run resumed for more steps keeps it there and in its
+    `eval_history`, and its own final evaluation lands on its last row, equal to its summary's."""
+    config = {**TINY, "out_dir": str(tmp_path / "run"), "log_every": 2, "optimizer": {"lr": 1e-3, "schedule": "constant"}}
+    first = train(config_from_dict({**config, "steps": 3}))
+    second = train(config_from_dict(config))
+    keys = ("eval_accuracy", "eval_accuracy_logp", "eval_worst_persona_accuracy", "eval_worst_persona_accuracy_logp")
+    assert first["eval_history"] == [] and second["eval_history"] == [{"step": 3, **{k: first[k] for k in keys}}]
+    rows = {row["step"]: row for row in read_metrics(tmp_path / "run")}
+    assert list(rows) == [2, 3, 4, 6] and [step for step, row in rows.items() if "eval_accuracy" in row] == [3, 6]
+    assert all("loss" in row for row in rows.values())
+    assert {k: rows[3][k] for k in keys} == {k: first[k] for k in keys}
+    assert {k: rows[6][k] for k in keys} == {k: second[k] for k in keys}
+
+
 def _command(config_path):
     return [str(ALIGNX), "train", "--config", str(config_path)]
 
