@@ -88,11 +88,13 @@ def prepare(records: Sequence[Mapping[str, Any]], *, tokenizer, data_config: Dat
     return HeldOut(records, policy_batches, reference_batches, policy_prompts, reference_prompts)
 
 
-def score_start(heldout: HeldOut, score: Score, start_score: Score | None = None) -> None:
+def score_start(heldout: HeldOut, score: Score, start_score: Score | None = None, *,
+                reference: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Score once, before the steps: the reference (few-shot prompt) with `score`, and the untrained
     policy (the run's prompt) with `start_score`, which defaults to `score` (the start model is the
-    reference, unless an LM warm-up made the reference); shared when the prompts are the same too."""
-    heldout.ref_chosen, heldout.ref_rejected = score(heldout.reference_batches, len(heldout.records))
+    reference, unless an LM warm-up made the reference); shared when the prompts are the same too.
+    `reference`: the reference's (chosen, rejected) log-probs, already known."""
+    heldout.ref_chosen, heldout.ref_rejected = reference or score(heldout.reference_batches, len(heldout.records))
     if start_score is None and heldout.policy_batches is heldout.reference_batches:
         heldout.start_chosen, heldout.start_rejected = heldout.ref_chosen, heldout.ref_rejected
     else:
@@ -173,11 +175,14 @@ def probe_sets(run, reference_score: Score) -> dict:
     sets = {"found": found}
     if not found:
         return sets
-    for name in ("edited", "plain"):
+    for name in ("plain", "edited"):
         held = prepare(bridge_lib.probe_records(run.bridge, found, edited=name == "edited"),
                        tokenizer=run.tokenizer, data_config=run.config.data,
                        eval_config=dataclasses.replace(run.config.eval, limit=None), seed=run.config.seed,
                        policy_format=bridge_train.heldout_format(run.bridge), rows_for=run.scorer.rows_for)
-        score_start(held, reference_score)
+        # The reference's few-shot prompt reads the history, never the profile or soft tokens that an
+        # edit changes: an edited probe's reference log-probs are its plain pair's, swapped.
+        plain = sets.get("plain")
+        score_start(held, reference_score, reference=plain and (plain.ref_rejected, plain.ref_chosen))
         sets[name] = held
     return sets

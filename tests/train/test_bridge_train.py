@@ -207,3 +207,21 @@ def test_a_label_initialized_table_makes_a_users_tokens_the_sum_of_their_labels_
         config_from_dict({**TINY, "bridge": {**TINY["bridge"], "soft_init": "words"}})
     with pytest.raises(ConfigError, match="soft_select"):
         config_from_dict({**TINY, "bridge": {**TINY["bridge"], "soft_select": "max"}})
+
+
+def test_the_edited_probes_reference_is_the_plain_probes_swapped(tmp_path):
+    """The reference's few-shot prompt reads the history, not the profile an edit flips: the edited
+    probes take the plain probes' reference log-probs swapped instead of a pass of their own, and
+    those equal scoring the edited probes' own reference rows."""
+    from alignx_jax.train import heldout, setup
+
+    config = config_from_dict({**TINY, "bridge": {**TINY["bridge"], "conditioning": "text", "joint": False},
+                               "out_dir": str(tmp_path / "run")})
+    run = setup.setup(config, setup.SilentReporter())
+    heldout.begin(run, run.state)
+    plain, edited = run.bridge.probe_sets["plain"], run.bridge.probe_sets["edited"]
+    assert len(edited.records) >= 1
+    chosen, rejected = heldout.scores(run, run.state.frozen)(edited.reference_batches, len(edited.records))
+    np.testing.assert_allclose(edited.ref_chosen, chosen, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(edited.ref_rejected, rejected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(edited.ref_chosen, plain.ref_rejected)
