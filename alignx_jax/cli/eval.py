@@ -49,8 +49,8 @@ def register(subparsers) -> None:
                    help="--profile learned: the model folder whose preference bridge writes the profile (default: "
                         "--policy)")
     p.add_argument("--policy-layout", default="eval", choices=("eval", "train"),
-                   help="ica: the policy's prompt layout (eval: the official evaluation layout = the reference's; "
-                        "train: the training layout)")
+                   help="ica and pba_text: the policy's prompt layout (eval: the official evaluation layout, "
+                        "for ica the reference's; train: the layout `alignx train` trains on)")
     p.add_argument("--max-length", type=int, default=8192, help="token budget of one pair (prompt + both responses)")
     p.add_argument("--rows", type=int, default=8, help="pairs per batch (at most)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (at most)")
@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         "history": history,
         "persona_items": args.persona_items,
         "profile": args.profile if args.mode == "pba_text" else None,
-        "policy_layout": args.policy_layout if args.mode == "ica" else None,
+        "policy_layout": args.policy_layout if args.mode in ("ica", "pba_text") else None,
         "max_length": args.max_length,
         "dtype": args.dtype,
         "limit": args.limit,
@@ -300,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "pba_soft":
         mode = evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(saved_bridge, tokenizer))
     if bridge_source is not None:
-        mode = evaluation.PbaTextMode(profile="learned", bridge=load_profile_bridge(bridge_source, saved_bridge))
+        mode = evaluation.PbaTextMode(profile="learned", bridge=load_profile_bridge(bridge_source, saved_bridge),
+                                      layout=args.policy_layout)
 
     from alignx_jax import interop
     from alignx_jax.models import sharding

@@ -6,7 +6,8 @@ evaluation layout) with the persona's history. A mode renders the policy's promp
 - `ica`: the history as text, in the ICA evaluation layout (`layout="eval"`, the official
   `loss_ica.py`; identical to the reference prompt, so one packed batch serves both models) or in
   the training layout (`layout="train"`, the layout the model was trained on).
-- `pba_text`: a profile of preference labels in the PBA evaluation layout (`loss_pba.py`).
+- `pba_text`: a profile of preference labels in the PBA evaluation layout (`loss_pba.py`,
+  `layout="eval"`) or in the PBA training layout (`layout="train"`).
 - `pba_soft`: a policy trained with a preference bridge (`alignx train` with a `bridge:` section,
   saved as `<model>/bridge/`) reads the bridge's output for the shown history: soft preference
   tokens in the PBA layout's profile slots (it overrides `EvalMode.score_policy`, which the scoring
@@ -26,7 +27,7 @@ from alignx_jax.errors import InputError
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 MODE_NAMES = ("ica", "pba_text", "pba_soft")
 TEXT_MODES = ("ica", "pba_text")
-ICA_LAYOUTS = ("eval", "train")
+ICA_LAYOUTS = ("eval", "train")  # the policy prompt's layouts, of ICA and of PBA text
 PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
 PROFILE_BATCH = 32  # shown histories per bridge pass of the "learned" profile source
 
@@ -123,10 +124,12 @@ class PbaTextMode(EvalMode):
     the shown history's direction vectors), "golden" (the record's own direction: an upper bound,
     the paper's "PBA with the true preference directions"), "learned" (the MAP labels of a learned
     preference bridge, `bridge`, reading the shown history), "auto" (precomputed when the record has
-    a `profile`, else official)."""
+    a `profile`, else official). `layout`: the PBA evaluation layout ("eval") or the training one
+    ("train", the layout `alignx train` renders PBA records in)."""
 
     name: str = "pba_text"
     profile: str = "auto"
+    layout: str = "eval"
     bridge: Any = dataclasses.field(default=None, compare=False)
     # "learned": the profiles `prepare` computed for the current chunk, id(history) -> (history, text).
     _profiles: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
@@ -134,6 +137,8 @@ class PbaTextMode(EvalMode):
     def __post_init__(self):
         if self.profile not in PROFILE_SOURCES:
             raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
+        if self.layout not in ICA_LAYOUTS:
+            raise ValueError(f"PBA layout must be one of {ICA_LAYOUTS}, got {self.layout!r}")
         if (self.profile == "learned") != (self.bridge is not None):
             raise InputError("profile source 'learned' goes with a preference bridge, and a bridge with it: "
                              "PbaTextMode(profile='learned', "
@@ -179,7 +184,7 @@ class PbaTextMode(EvalMode):
         def render(history: data.History) -> data.ChatPrompt:
             if "profile" not in cache:
                 cache["profile"] = self.profile_text(record, history, index)
-            return data.pba_prompt(prompt, cache["profile"], evaluation=True)
+            return data.pba_prompt(prompt, cache["profile"], evaluation=self.layout == "eval")
 
         return render
 
@@ -233,7 +238,7 @@ def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "
     if mode == "ica":
         return IcaMode(layout=layout)
     if mode == "pba_text":
-        return PbaTextMode(profile=profile, bridge=bridge)
+        return PbaTextMode(profile=profile, bridge=bridge, layout=layout)
     if mode == "pba_soft":
         raise InputError("mode pba_soft needs the policy's preference bridge: pass "
                          "evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy), tokenizer))")

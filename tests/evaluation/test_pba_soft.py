@@ -134,11 +134,18 @@ def test_generate_follows_preferences_and_persona(official_labels, policy, tmp_p
 def test_learned_profile_is_the_bridges_map_labels(policy):
     reader = bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"])
     mode = evaluation.resolve_mode("pba_text", profile="learned", bridge=reader)
+    # --policy-layout train: the layout `alignx train` renders a PBA record with that profile in.
+    train_layout = evaluation.resolve_mode("pba_text", profile="learned", bridge=reader, layout="train")
     profiles = []
     for index, record in enumerate(policy["records"]):
         history = data.full_history(record)
         want = bridge.map_profile(reader.distributions([history], [record])[0])
         assert mode.policy_render(record, index)(history) == data.pba_prompt(record["prompt"], want, evaluation=True)
+        _, render = data.PromptFormat(kind="pba", profile="precomputed", history="full").persona(
+            {**record, prefs.PROFILE: want}, np.random.default_rng(0))
+        trained_on = render(history)
+        assert train_layout.policy_render(record, index)(history) == trained_on != \
+            mode.policy_render(record, index)(history)
         profiles.append(want)
     assert any(profiles)  # the random bridge marks some dimension, so the check above sees labels
     assert eval_cli.PROFILE_SOURCES == evaluation.PROFILE_SOURCES  # the CLI's choices
