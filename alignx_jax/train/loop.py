@@ -24,7 +24,6 @@ import math
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
