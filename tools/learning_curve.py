@@ -22,9 +22,10 @@ KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "c
 
 
 def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]], dict]:
-    """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary. The
-    summary's (final) evaluation is placed at its own `steps`, so a summary older than metrics.jsonl
-    (a resumed run still going) does not take the newest step's place."""
+    """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary.
+    metrics.jsonl holds every evaluation, the final one on the last step's row; a run written before
+    it did gets its final evaluation from the summary, placed at the summary's own `steps` (so a
+    summary older than metrics.jsonl, a resumed run still going, does not take the newest step's place)."""
     from alignx_jax.train.metrics import read_metrics
 
     mean_key, worst_key, _, _ = KEYS[metric]

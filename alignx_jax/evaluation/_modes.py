@@ -27,7 +27,7 @@ from alignx_jax.errors import InputError
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 MODE_NAMES = ("ica", "pba_text", "pba_soft")
 TEXT_MODES = ("ica", "pba_text")
-ICA_LAYOUTS = ("eval", "train")  # the policy prompt's layouts, of ICA and of PBA text
+POLICY_LAYOUTS = ("eval", "train")  # the policy prompt's layouts, of ICA and of PBA text
 PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
 PROFILE_BATCH = 32  # shown histories per bridge pass of the "learned" profile source
 
@@ -105,8 +105,8 @@ class IcaMode(EvalMode):
     layout: str = "eval"
 
     def __post_init__(self):
-        if self.layout not in ICA_LAYOUTS:
-            raise ValueError(f"ICA layout must be one of {ICA_LAYOUTS}, got {self.layout!r}")
+        if self.layout not in POLICY_LAYOUTS:
+            raise ValueError(f"ICA layout must be one of {POLICY_LAYOUTS}, got {self.layout!r}")
 
     @property
     def shares_reference_prompt(self) -> bool:
@@ -137,8 +137,8 @@ class PbaTextMode(EvalMode):
     def __post_init__(self):
         if self.profile not in PROFILE_SOURCES:
             raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
-        if self.layout not in ICA_LAYOUTS:
-            raise ValueError(f"PBA layout must be one of {ICA_LAYOUTS}, got {self.layout!r}")
+        if self.layout not in POLICY_LAYOUTS:
+            raise ValueError(f"PBA layout must be one of {POLICY_LAYOUTS}, got {self.layout!r}")
         if (self.profile == "learned") != (self.bridge is not None):
             raise InputError("profile source 'learned' goes with a preference bridge, and a bridge with it: "
                              "PbaTextMode(profile='learned', "
