@@ -34,6 +34,7 @@ from alignx_jax.data._persona_items import (
 )
 from alignx_jax.data._pipeline import (PackedBatchDataset, PromptFormat, encode_record, packed_batches, unit_fits,
                                         unit_too_long)
+from alignx_jax.data._profile_first import PROFILE_FIRST_HEADER, profile_first, profile_statement
 from alignx_jax.data._rendering import (
     SOFT_SLOT,
     ChatPrompt,
@@ -96,6 +97,6 @@ __all__ = [
     "pba_prompt", "record_profile", "reference_prompt", "sample_history", "SOFT_SLOT", "soft_profile", "ugc_section",
     "RECORD_SUFFIXES", "LoadReport", "RecordFile", "hub_parquet_schema", "iter_json_records", "iter_parquet_records", "iter_records", "load_records",
     "persona_key", "write_records", "first_per_persona", "heldout_split", "persona_groups", "take_evenly",
-    "twin_of", "twin_slots", "twin_units",
+    "twin_of", "twin_slots", "twin_units", "PROFILE_FIRST_HEADER", "profile_first", "profile_statement",
     "EXTRA_TOPIC_DIMENSIONS", "LENGTH_DIMENSION", "STYLE_DIMENSIONS", "response_styles", "style_dimensions", "synthetic_records", "Alignx", "TfdsRecords", "build_tfds",
 ]

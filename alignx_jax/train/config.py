@@ -89,6 +89,9 @@ class DataConfig:
     # Twin batches: records holding the same post and responses with opposite labels (data.twin_units)
     # are shuffled and packed as one unit, so both twins train in the same step.
     twins: bool = False
+    # Profile-first targets (data.profile_first): each training pair's chosen response opens with the
+    # user's profile, the rejected with the mirror user's (held-out records are scored as they are).
+    profile_first: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

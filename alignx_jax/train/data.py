@@ -15,7 +15,7 @@ every pair keeps a unique id in the global batch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -72,6 +72,20 @@ def _synthetic(users: SyntheticUsers, seed: int, name: str) -> list[dict]:
                                   history_items=users.history_items, dimensions=style_dimensions(users, name))
 
 
+def _targets(config: DataConfig, records: list[dict], where: Callable[[int], str]) -> list[dict]:
+    """The training records' targets as the config asks: as they are, or profile-first. `where(i)`
+    names record i in an error."""
+    if not config.profile_first:
+        return records
+    out = []
+    for position, record in enumerate(records):
+        try:
+            out.append(data.profile_first(record))
+        except ValueError as error:
+            raise InputError(f"config key 'data.profile_first': {where(position)}: {error}") from None
+    return out
+
+
 def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 1)) -> Splits:
     """The training and held-out records the config names (files are read and validated here).
 
@@ -89,7 +103,7 @@ def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 
     synthetic = _synthetic(config.synthetic, train_seed, "data.synthetic")
     heldout = _synthetic(config.heldout_synthetic, heldout_seed, "data.heldout_synthetic")
     total = len(synthetic)
-    own = synthetic[index::count]
+    own = _targets(config, synthetic[index::count], lambda i: f"data.synthetic record {index + i * count}")
     for file in config.files:
         source = data.RecordFile(file.path)
         if not len(source):
@@ -100,7 +114,8 @@ def build_splits(config: DataConfig, seed: int, *, share: tuple[int, int] = (0, 
         if file.limit is not None:
             train_ids = [train_ids[i] for i in data.take_evenly([personas[i] for i in train_ids], file.limit)]
         first = (index - total) % count  # this file's first training record in this process's share
-        own += source.read(train_ids[first::count])
+        ids = train_ids[first::count]
+        own += _targets(config, source.read(ids), lambda i, ids=ids, path=file.path: f"{path}: record {ids[i]}")
         total += len(train_ids)
         heldout += source.read(heldout_ids)
     if not total:
