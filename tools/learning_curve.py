@@ -1,7 +1,7 @@
 """Learning curves of training runs: held-out mean and worst persona against pairs trained.
 
     .venv/bin/python tools/learning_curve.py runs/study/sigmoid_s0 runs/study/sigmoid_s1 \
-        [--png curve.png] [--metric paper|policy]
+        [--png curve.png] [--metric paper|policy|reward]
 
 Reads each run's metrics.jsonl (the held-out evaluations every `eval_every` steps, and the pairs of
 each step) and summary.json (the start model's policy-only figures, and the last evaluation's per-
@@ -9,7 +9,9 @@ persona figures with their 95% bootstrap CIs). Prints one markdown row per run: 
 worst persona (%) at each evaluation, then the last one's worst persona with its CI. `--png` draws
 worst persona (solid) and mean (dashed) against pairs trained, one colour per run. The paper's
 metric has no "before" point (the start model is its own reference: every margin is 0, a tie,
-scored wrong); the policy-only view starts at the start model's figures.
+scored wrong); the policy-only view starts at the start model's figures. `--metric reward`: DPO's
+implicit reward against the start model in the policy's own prompt (runs since it was logged; no
+"before" point either).
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import argparse
 import json
 import pathlib
 
-KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "ci"),
-        "policy": ("eval_accuracy_logp", "eval_worst_persona_accuracy_logp", "accuracy_logp", "ci_logp")}
+# metric: (mean key, worst-persona key, per-persona accuracy, its CI, summary.json's per-persona field)
+KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "ci", "per_persona"),
+        "policy": ("eval_accuracy_logp", "eval_worst_persona_accuracy_logp", "accuracy_logp", "ci_logp", "per_persona"),
+        "reward": ("eval_reward_accuracy", "eval_worst_persona_reward_accuracy", "accuracy", "ci", "per_persona_reward")}
+LABELS = {"paper": "paper's metric", "policy": "policy-only", "reward": "reward vs the start model"}
 
 
 def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]], dict]:
@@ -28,7 +33,7 @@ def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]
     summary older than metrics.jsonl, a resumed run still going, does not take the newest step's place)."""
     from alignx_jax.train.metrics import read_metrics
 
-    mean_key, worst_key, _, _ = KEYS[metric]
+    mean_key, worst_key, _, _, _ = KEYS[metric]
     summary = json.loads((run / "summary.json").read_text())
     points, pairs, pairs_at = [], 0.0, {}
     if metric == "policy" and "eval_accuracy_logp_before" in summary:
@@ -47,8 +52,10 @@ def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]
 
 def worst_with_ci(summary: dict, metric: str) -> str:
     """The last evaluation's worst persona with its 95% CI, e.g. '60.0 [40, 80]'."""
-    _, _, accuracy, ci = KEYS[metric]
-    worst = min(summary["per_persona"].values(), key=lambda v: v[accuracy])
+    _, _, accuracy, ci, per_persona = KEYS[metric]
+    if not summary.get(per_persona):
+        return "n/a"
+    worst = min(summary[per_persona].values(), key=lambda v: v[accuracy])
     low, high = worst[ci]
     return f"{100 * worst[accuracy]:.1f} [{100 * low:.0f}, {100 * high:.0f}]"
 
@@ -75,7 +82,7 @@ def main() -> None:
             ax.plot(pairs, [m for _, m, _ in points], linestyle="--", color=line.get_color(), label=f"{run.name}: mean")
         ax.axhline(0.5, color="grey", linewidth=1, linestyle=":", label="chance")
         ax.set_xlabel("pairs trained")
-        ax.set_ylabel(f"held-out accuracy ({'paper' if args.metric == 'paper' else 'policy-only'})")
+        ax.set_ylabel(f"held-out accuracy ({LABELS[args.metric]})")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -36,7 +36,8 @@ def bridge_summary(run, state: TrainState) -> dict:
                                                                                        len(held.records))
         rows = heldout_lib.rows(held, chosen, rejected)
         report = evaluation.summarize(rows, beta=run.config.beta)
-        out.update({key: report["accuracy"], f"{key}_logp": report["accuracy_logp"], f"{key}_n": report["n"]})
+        out.update({key: report["accuracy"], f"{key}_logp": report["accuracy_logp"], f"{key}_n": report["n"],
+                    f"{key}_reward": reward_report(rows, beta=run.config.beta)["accuracy"]})
         if name == "edited":
             out.update(per_dimension_controllability(rows, sets["found"], beta=run.config.beta))
     return out
@@ -44,14 +45,17 @@ def bridge_summary(run, state: TrainState) -> dict:
 
 def per_dimension_controllability(rows: list[dict], found, *, beta: float) -> dict:
     """`controllability_per_dimension`: the edited probes grouped by the dimension each flips (its
-    positive label): n and the paper's metric; `controllability_worst_dimension`: the lowest of them."""
+    positive label): n, the paper's metric and the reward view (`reward_report`);
+    `controllability_worst_dimension` (`_reward`): the lowest of them."""
     groups = {}
     for row in rows:
         groups.setdefault(prefs.dimensions()[found[row["index"]].dim].positive, []).append(row)
-    per = {label: {"n": len(picked), "accuracy": evaluation.summarize(picked, beta=beta)["accuracy"]}
+    per = {label: {"n": len(picked), "accuracy": evaluation.summarize(picked, beta=beta)["accuracy"],
+                   "reward_accuracy": reward_report(picked, beta=beta)["accuracy"]}
            for label, picked in sorted(groups.items())}
     return {"controllability_per_dimension": per,
-            "controllability_worst_dimension": min((v["accuracy"] for v in per.values()), default=None)}
+            "controllability_worst_dimension": min((v["accuracy"] for v in per.values()), default=None),
+            "controllability_worst_dimension_reward": min((v["reward_accuracy"] for v in per.values()), default=None)}
 
 
 def _group_reports(rows: list[dict], unseen_personas: frozenset[str], *, beta: float) -> dict[str, dict | None]:
@@ -78,14 +82,24 @@ def seen_unseen_figures(rows: list[dict], unseen_personas: frozenset[str], *, be
     return _figures(_group_reports(rows, unseen_personas, beta=beta))
 
 
+def reward_report(rows: list[dict], *, beta: float) -> dict:
+    """`evaluation.summarize` of the reward view (`heldout.reward_rows`: the start model in the
+    policy's prompt as the reference); its `accuracy` is DPO's implicit-reward accuracy."""
+    return evaluation.summarize(heldout_lib.reward_rows(rows), beta=beta)
+
+
 def evaluation_entry(step: int, rows: list[dict], report: dict, unseen_personas: frozenset[str], *,
                      beta: float) -> dict:
     """A held-out evaluation as metrics.jsonl and `eval_history` hold it: the step, the paper's metric
-    and the policy-only view (mean and worst persona), and the seen / unseen figures when the held-out
-    set has unseen personas. `report` is `evaluation.summarize(rows)`."""
+    and the policy-only view (mean and worst persona), the reward view (`reward_report`: mean and
+    worst persona), and the seen / unseen figures when the held-out set has unseen personas.
+    `report` is `evaluation.summarize(rows)`."""
+    reward = reward_report(rows, beta=beta)
     entry = {"step": step, "eval_accuracy": report["accuracy"], "eval_accuracy_logp": report["accuracy_logp"],
              "eval_worst_persona_accuracy": report["worst_persona_accuracy"],
-             "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp")}
+             "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp"),
+             "eval_reward_accuracy": reward["accuracy"],
+             "eval_worst_persona_reward_accuracy": reward["worst_persona_accuracy"]}
     if unseen_personas:
         entry.update(seen_unseen_figures(rows, unseen_personas, beta=beta))
     return entry
@@ -115,17 +129,16 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
     final one joins the last step's row of metrics.jsonl, so a run extended later keeps it."""
     config = run.config
     final_params = policy_params(state, run.spec)
-    report = before = None
+    report = before = reward = None
     if held is not None:
         rows = heldout_lib.policy_rows(run, held, state)
         before_rows = heldout_lib.rows(held, held.start_chosen, held.start_rejected)
         report = evaluation.summarize(rows, beta=config.beta)
         before = evaluation.summarize(before_rows, beta=config.beta)
+        reward = reward_report(rows, beta=config.beta)
         if jax.process_index() == 0:  # per record, the trained policy's and the start model's log-probs
             with (run.out_dir / "heldout_scores.jsonl").open("w") as f:
-                for row, start in zip(rows, before_rows):
-                    f.write(json.dumps({**row, "start_chosen_logp": start["policy_chosen_logp"],
-                                        "start_rejected_logp": start["policy_rejected_logp"]}) + "\n")
+                f.writelines(json.dumps(row) + "\n" for row in rows)
             metrics.add_to_row(run.out_dir, evaluation_entry(int(state.step), rows, report, run.splits.unseen_personas,
                                                              beta=config.beta))
     summary = {
@@ -138,6 +151,10 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
         "eval_accuracy_logp_before": before and before["accuracy_logp"],
         "eval_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],
         "per_persona_before": before and before["per_persona"],
+        # DPO's implicit reward against the start model in the policy's own prompt (`reward_report`).
+        "eval_reward_accuracy": report and reward["accuracy"], "eval_reward_accuracy_ci": report and reward["ci"],
+        "eval_worst_persona_reward_accuracy": report and reward["worst_persona_accuracy"],
+        "per_persona_reward": report and reward["per_persona"],
         "wall_time_s": time.perf_counter() - started, "reference": config.reference, "loss": config.loss,
         "model": config.model.name, "train_records": len(run.splits.train), "heldout_records": len(run.splits.heldout),
     }

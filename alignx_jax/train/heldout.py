@@ -103,18 +103,33 @@ def score_start(heldout: HeldOut, score: Score, start_score: Score | None = None
 
 
 def rows(heldout: HeldOut, policy_chosen: np.ndarray, policy_rejected: np.ndarray) -> list[dict]:
-    """Per-record score rows (the keys of `alignx eval`'s scores.jsonl), dropped records left out."""
+    """Per-record score rows (the keys of `alignx eval`'s scores.jsonl, and, once the start model is
+    scored, its log-probs in the policy's prompt: `start_chosen_logp`, `start_rejected_logp`), dropped
+    records left out."""
     out = []
     for i, record in enumerate(heldout.records):
         values = (policy_chosen[i], policy_rejected[i], heldout.ref_chosen[i], heldout.ref_rejected[i])
         if any(np.isnan(v) for v in values):
             continue
-        out.append({"index": i, "persona": data.persona_key(record), "policy_prompt": heldout.policy_prompts[i],
-                    "reference_prompt": heldout.reference_prompts[i], "chosen": record["chosen"],
-                    "rejected": record["rejected"], "policy_chosen_logp": float(values[0]),
-                    "policy_rejected_logp": float(values[1]), "ref_chosen_logp": float(values[2]),
-                    "ref_rejected_logp": float(values[3])})
+        row = {"index": i, "persona": data.persona_key(record), "policy_prompt": heldout.policy_prompts[i],
+               "reference_prompt": heldout.reference_prompts[i], "chosen": record["chosen"],
+               "rejected": record["rejected"], "policy_chosen_logp": float(values[0]),
+               "policy_rejected_logp": float(values[1]), "ref_chosen_logp": float(values[2]),
+               "ref_rejected_logp": float(values[3])}
+        if heldout.start_chosen is not None:
+            row.update(start_chosen_logp=float(heldout.start_chosen[i]),
+                       start_rejected_logp=float(heldout.start_rejected[i]))
+        out.append(row)
     return out
+
+
+def reward_rows(score_rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The rows with the start model in the policy's own prompt as their reference: summarized, they
+    give DPO's implicit-reward accuracy, [log pi(y_w|x) - log pi_0(y_w|x)] > [log pi(y_l|x) -
+    log pi_0(y_l|x)] with x the policy's prompt (what the step optimizes and `rewards/accuracies`
+    reports on training pairs), where the paper's metric takes the reference under the few-shot prompt."""
+    return [dict(row, ref_chosen_logp=row["start_chosen_logp"], ref_rejected_logp=row["start_rejected_logp"])
+            for row in score_rows]
 
 
 def scores(run, params, soft_tokens: np.ndarray | None = None, held: HeldOut | None = None) -> Score:

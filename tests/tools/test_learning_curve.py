@@ -48,3 +48,17 @@ def test_an_older_summary_sits_at_its_own_step(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "steps": 1}))
     assert _table(run) == f"| {run} | 4: 70.0 / 50.0; 7: 60.0 / 40.0 | 50.0 [30, 70] |"
+
+
+def test_reward_curve_reads_its_own_keys_and_per_persona_field(tmp_path):
+    run = _run(tmp_path)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[1].update(eval_reward_accuracy=0.8, eval_worst_persona_reward_accuracy=0.65)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({
+        **summary, "eval_reward_accuracy": 0.85, "eval_worst_persona_reward_accuracy": 0.7,
+        "per_persona_reward": {"a": {"accuracy": 1.0, "ci": [1.0, 1.0]}, "b": {"accuracy": 0.7, "ci": [0.5, 0.9]}}}))
+    assert _table(run, "--metric", "reward") == f"| {run} | 7: 80.0 / 65.0; 11: 85.0 / 70.0 | 70.0 [50, 90] |"
+    (run / "summary.json").write_text(json.dumps(summary))  # a run from before the reward view was logged
+    assert _table(run, "--metric", "reward") == f"| {run} | 7: 80.0 / 65.0 | n/a |"

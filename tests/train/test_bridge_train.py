@@ -116,6 +116,12 @@ def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     assert sum(v["n"] * v["accuracy"] for v in per.values()) / saved["controllability_n"] == \
         pytest.approx(saved["controllability"])
     assert saved["controllability_worst_dimension"] == min(v["accuracy"] for v in per.values())
+    assert sum(v["n"] * v["reward_accuracy"] for v in per.values()) / saved["controllability_n"] == \
+        pytest.approx(saved["controllability_reward"])
+    rows = [json.loads(line) for line in (out / "heldout_scores.jsonl").read_text().splitlines()]
+    right = [(r["policy_chosen_logp"] - r["start_chosen_logp"]) > (r["policy_rejected_logp"] - r["start_rejected_logp"])
+             for r in rows]
+    assert saved["eval_reward_accuracy"] == pytest.approx(sum(right) / len(rows))
     assert summary["bridge_conditioning"] == conditioning
     loaded = bridge.load(out / "model")
     assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens) == ("learned", conditioning, 2)
@@ -130,13 +136,18 @@ def test_controllability_per_dimension_groups_the_probes_by_the_dimension_they_f
 
     found = [Probe(0, 16, 1.0, {}), Probe(1, 73, 0.0, {}), Probe(2, 16, 0.0, {}), Probe(3, 16, 1.0, {})]
     margins = [0.5, -0.2, 0.1, -0.3]  # the policy's (chosen - rejected) log-prob gap; the reference's is 0
+    start = [0.7, -0.4, -0.1, -0.4]  # the start model's gap in the same (edited) prompt
     rows = [{"index": i, "persona": "p", "policy_chosen_logp": m, "policy_rejected_logp": 0.0,
-             "ref_chosen_logp": 0.0, "ref_rejected_logp": 0.0} for i, m in enumerate(margins)]
+             "ref_chosen_logp": 0.0, "ref_rejected_logp": 0.0, "start_chosen_logp": s, "start_rejected_logp": 0.0}
+            for i, (m, s) in enumerate(zip(margins, start))]
     got = per_dimension_controllability(rows, found, beta=0.1)
     length, humour = (prefs.dimensions()[i].positive for i in (16, 73))
-    assert got["controllability_per_dimension"] == {length: {"n": 3, "accuracy": pytest.approx(2 / 3)},
-                                                    humour: {"n": 1, "accuracy": 0.0}}
+    # reward view: m - s > 0 for probes 1, 2, 3 (0.2, 0.2, 0.1), not probe 0 (-0.2)
+    assert got["controllability_per_dimension"] == {
+        length: {"n": 3, "accuracy": pytest.approx(2 / 3), "reward_accuracy": pytest.approx(2 / 3)},
+        humour: {"n": 1, "accuracy": 0.0, "reward_accuracy": 1.0}}
     assert got["controllability_worst_dimension"] == 0.0
+    assert got["controllability_worst_dimension_reward"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("change, message", [

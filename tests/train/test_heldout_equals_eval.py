@@ -65,6 +65,12 @@ def test_trainer_heldout_figures_equal_alignx_eval(trained):
     assert summary["eval_worst_persona_accuracy"] == report["worst_persona_accuracy"]
     assert {p: s["accuracy"] for p, s in summary["per_persona"].items()} == \
         {p: s["accuracy"] for p, s in report["per_persona"].items()}
+    # The policy's prompt is the reference's (the evaluation layout) and the start model the reference:
+    # DPO's implicit-reward view is the paper's metric here, record for record.
+    for row in ours.values():
+        assert (row["start_chosen_logp"], row["start_rejected_logp"]) == (row["ref_chosen_logp"], row["ref_rejected_logp"])
+    assert summary["eval_reward_accuracy"] == summary["eval_accuracy"]
+    assert summary["per_persona_reward"] == summary["per_persona"]
 
 
 def test_seen_and_unseen_figures_equal_alignx_eval_of_their_records(trained):

@@ -75,7 +75,8 @@ def test_a_run_extended_by_resuming_keeps_its_evaluations(tmp_path):
     config = {**TINY, "out_dir": str(tmp_path / "run"), "log_every": 2, "optimizer": {"lr": 1e-3, "schedule": "constant"}}
     first = train(config_from_dict({**config, "steps": 3}))
     second = train(config_from_dict(config))
-    keys = ("eval_accuracy", "eval_accuracy_logp", "eval_worst_persona_accuracy", "eval_worst_persona_accuracy_logp")
+    keys = ("eval_accuracy", "eval_accuracy_logp", "eval_worst_persona_accuracy", "eval_worst_persona_accuracy_logp",
+            "eval_reward_accuracy", "eval_worst_persona_reward_accuracy")
     assert first["eval_history"] == [] and second["eval_history"] == [{"step": 3, **{k: first[k] for k in keys}}]
     rows = {row["step"]: row for row in read_metrics(tmp_path / "run")}
     assert list(rows) == [2, 3, 4, 6] and [step for step, row in rows.items() if "eval_accuracy" in row] == [3, 6]
