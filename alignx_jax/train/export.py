@@ -88,13 +88,12 @@ def reward_report(rows: list[dict], *, beta: float) -> dict:
     return evaluation.summarize(heldout_lib.reward_rows(rows), beta=beta)
 
 
-def evaluation_entry(step: int, rows: list[dict], report: dict, unseen_personas: frozenset[str], *,
+def evaluation_entry(step: int, rows: list[dict], report: dict, reward: dict, unseen_personas: frozenset[str], *,
                      beta: float) -> dict:
     """A held-out evaluation as metrics.jsonl and `eval_history` hold it: the step, the paper's metric
-    and the policy-only view (mean and worst persona), the reward view (`reward_report`: mean and
-    worst persona), and the seen / unseen figures when the held-out set has unseen personas.
-    `report` is `evaluation.summarize(rows)`."""
-    reward = reward_report(rows, beta=beta)
+    and the policy-only view (mean and worst persona), the reward view (mean and worst persona), and
+    the seen / unseen figures when the held-out set has unseen personas. `report` is
+    `evaluation.summarize(rows)`, `reward` is `reward_report(rows)`."""
     entry = {"step": step, "eval_accuracy": report["accuracy"], "eval_accuracy_logp": report["accuracy_logp"],
              "eval_worst_persona_accuracy": report["worst_persona_accuracy"],
              "eval_worst_persona_accuracy_logp": report.get("worst_persona_accuracy_logp"),
@@ -139,15 +138,18 @@ def finish(run, state: TrainState, held, last_row: dict, eval_rows: list, starte
         if jax.process_index() == 0:  # per record, the trained policy's and the start model's log-probs
             with (run.out_dir / "heldout_scores.jsonl").open("w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
-            metrics.add_to_row(run.out_dir, evaluation_entry(int(state.step), rows, report, run.splits.unseen_personas,
-                                                             beta=config.beta))
+            metrics.add_to_row(run.out_dir, evaluation_entry(int(state.step), rows, report, reward,
+                                                             run.splits.unseen_personas, beta=config.beta))
     summary = {
         "steps": int(state.step), "final_loss": last_row.get("loss"),
         "eval_accuracy": report and report["accuracy"], "eval_accuracy_logp": report and report["accuracy_logp"],
         "eval_worst_persona_accuracy": report and report["worst_persona_accuracy"],
         "eval_worst_persona_accuracy_logp": report and report.get("worst_persona_accuracy_logp"),
         "eval_n": report and report["n"], "per_persona": report and report["per_persona"], "eval_history": eval_rows,
-        # The start model, policy-only view (the paper's metric is a tie, counted wrong, before training).
+        # The start model as the policy: the policy-only view, and the paper's metric (0 where the policy's
+        # prompt is the reference's, every margin a tie; else what the untrained model scores, e.g. PBA).
+        "eval_accuracy_before": before and before["accuracy"],
+        "eval_worst_persona_accuracy_before": before and before["worst_persona_accuracy"],
         "eval_accuracy_logp_before": before and before["accuracy_logp"],
         "eval_worst_persona_accuracy_logp_before": before and before["worst_persona_accuracy_logp"],
         "per_persona_before": before and before["per_persona"],

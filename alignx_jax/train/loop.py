@@ -178,6 +178,7 @@ def _steps(run: Run, state: TrainState, iterator, checkpoints: ckpt.Checkpoints,
             if held is not None and config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
                 scored = heldout_lib.policy_rows(run, held, state)
                 entry = export.evaluation_entry(step + 1, scored, evaluation.summarize(scored, beta=config.beta),
+                                                export.reward_report(scored, beta=config.beta),
                                                 run.splits.unseen_personas, beta=config.beta)
                 row.update(entry)
                 eval_rows.append(entry)

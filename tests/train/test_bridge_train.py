@@ -122,6 +122,9 @@ def test_a_bridge_run_writes_its_figures_and_the_bridge(tmp_path, conditioning):
     right = [(r["policy_chosen_logp"] - r["start_chosen_logp"]) > (r["policy_rejected_logp"] - r["start_rejected_logp"])
              for r in rows]
     assert saved["eval_reward_accuracy"] == pytest.approx(sum(right) / len(rows))
+    before = [(r["start_chosen_logp"] - r["ref_chosen_logp"]) > (r["start_rejected_logp"] - r["ref_rejected_logp"])
+              for r in rows]  # the untrained PBA policy against the few-shot reference
+    assert saved["eval_accuracy_before"] == pytest.approx(sum(before) / len(rows))
     assert summary["bridge_conditioning"] == conditioning
     loaded = bridge.load(out / "model")
     assert (loaded.mode, loaded.conditioning, loaded.config.soft_tokens) == ("learned", conditioning, 2)

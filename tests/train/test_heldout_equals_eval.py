@@ -71,6 +71,7 @@ def test_trainer_heldout_figures_equal_alignx_eval(trained):
         assert (row["start_chosen_logp"], row["start_rejected_logp"]) == (row["ref_chosen_logp"], row["ref_rejected_logp"])
     assert summary["eval_reward_accuracy"] == summary["eval_accuracy"]
     assert summary["per_persona_reward"] == summary["per_persona"]
+    assert summary["eval_accuracy_before"] == 0.0  # the start model against itself: every margin a tie
 
 
 def test_seen_and_unseen_figures_equal_alignx_eval_of_their_records(trained):

@@ -33,7 +33,7 @@ def test_the_reward_view_takes_the_start_model_in_the_policys_prompt_as_referenc
     assert reward["worst_persona_accuracy"] == 0.0
     paper = evaluation.summarize(rows, beta=0.1)
     assert {p: s["accuracy"] for p, s in paper["per_persona"].items()} == {"a": 0.0, "b": 1.0}
-    entry = export.evaluation_entry(7, rows, paper, frozenset(), beta=0.1)
+    entry = export.evaluation_entry(7, rows, paper, reward, frozenset(), beta=0.1)
     assert (entry["eval_accuracy"], entry["eval_reward_accuracy"], entry["eval_worst_persona_reward_accuracy"]) == \
         (0.5, 0.5, 0.0)
     assert rows == _rows()  # the view copies the rows
