@@ -20,6 +20,7 @@ MODES = ("ica", "pba_text", "pba_soft")
 PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")  # evaluation.PROFILE_SOURCES, kept
 # here so that `alignx --help` needs no JAX import (a test holds them equal)
 PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
+REFERENCE_PROMPTS = ("few_shot", "policy")  # evaluation.REFERENCE_PROMPTS, kept here for the same reason
 
 
 def register(subparsers) -> None:
@@ -51,6 +52,10 @@ def register(subparsers) -> None:
     p.add_argument("--policy-layout", default="eval", choices=("eval", "train"),
                    help="ica and pba_text: the policy's prompt layout (eval: the official evaluation layout, "
                         "for ica the reference's; train: the layout `alignx train` trains on)")
+    p.add_argument("--reference-prompt", default="few_shot", choices=REFERENCE_PROMPTS,
+                   help="what the reference reads (few_shot: the few-shot persona prompt, the paper's metric; policy: "
+                        "the policy's own prompt, DPO's implicit reward against the start model, the reward view "
+                        "training reports as eval_reward_accuracy: give the start model as --reference)")
     p.add_argument("--max-length", type=int, default=8192, help="token budget of one pair (prompt + both responses)")
     p.add_argument("--rows", type=int, default=8, help="pairs per batch (at most)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per batch (at most)")
@@ -274,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     records, indices = select_records(args.data, limit=args.limit, per_persona=args.per_persona)
     check_persona_items(records, indices, args.persona_items, args.data)
     mode = None if args.mode == "pba_soft" or bridge_source else evaluation.resolve_mode(
-        args.mode, layout=args.policy_layout, profile=args.profile)
+        args.mode, layout=args.policy_layout, profile=args.profile, reference_prompt=args.reference_prompt)
     if args.mode == "pba_text" and not bridge_source:
         check_profiles(mode, records, indices, args.persona_items, args.data)
     run_info = {
@@ -286,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         "persona_items": args.persona_items,
         "profile": args.profile if args.mode == "pba_text" else None,
         "policy_layout": args.policy_layout if args.mode in ("ica", "pba_text") else None,
+        "reference_prompt": args.reference_prompt,
         "max_length": args.max_length,
         "dtype": args.dtype,
         "limit": args.limit,
@@ -293,15 +299,19 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.mode == "pba_soft":
         run_info["bridge"] = bridge.describe(saved_bridge)
+        if saved_bridge.conditioning == "soft" and args.reference_prompt == "policy":
+            raise InputError("--reference-prompt policy: the reference cannot read --mode pba_soft's soft tokens "
+                             "(they come from the policy's bridge); use --reference-prompt few_shot")
     if bridge_source is not None:
         run_info["bridge"] = {**bridge.describe(saved_bridge), "model": evaluation.model_fingerprint(bridge_source)}
     resuming = evaluation.check_folder(args.out, run_info)
     tokenizer, reference_tokenizer = load_tokenizers(args.policy, args.reference)
     if args.mode == "pba_soft":
-        mode = evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(saved_bridge, tokenizer))
+        mode = evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(saved_bridge, tokenizer),
+                                      reference_prompt=args.reference_prompt)
     if bridge_source is not None:
         mode = evaluation.PbaTextMode(profile="learned", bridge=load_profile_bridge(bridge_source, saved_bridge),
-                                      layout=args.policy_layout)
+                                      layout=args.policy_layout, reference_prompt=args.reference_prompt)
 
     from alignx_jax import interop
     from alignx_jax.models import sharding

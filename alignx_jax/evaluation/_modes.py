@@ -1,7 +1,10 @@
 """Evaluation modes: what the policy and the reference see of a record's persona.
 
-The reference is always the official few-shot prompt (`data.reference_prompt`, the ICA
-evaluation layout) with the persona's history. A mode renders the policy's prompt:
+The reference reads the official few-shot prompt (`data.reference_prompt`, the ICA evaluation
+layout) with the persona's history: the paper's metric. With `reference_prompt="policy"` it reads the
+policy's own prompt instead: DPO's implicit reward against the start model, the reward view that
+training reports (`eval_reward_accuracy`), which does not credit the reference with what it reads
+from a history the policy is not shown. A mode renders the policy's prompt:
 
 - `ica`: the history as text, in the ICA evaluation layout (`layout="eval"`, the official
   `loss_ica.py`; identical to the reference prompt, so one packed batch serves both models) or in
@@ -28,6 +31,7 @@ PERSONA_ITEMS = ("ugc", "pair", "demo", "mixed")
 MODE_NAMES = ("ica", "pba_text", "pba_soft")
 TEXT_MODES = ("ica", "pba_text")
 POLICY_LAYOUTS = ("eval", "train")  # the policy prompt's layouts, of ICA and of PBA text
+REFERENCE_PROMPTS = ("few_shot", "policy")  # what the reference reads: the paper's prompt, or the policy's
 PROFILE_SOURCES = ("auto", "official", "golden", "precomputed", "learned")
 PROFILE_BATCH = 32  # shown histories per bridge pass of the "learned" profile source
 
@@ -70,19 +74,27 @@ def item_types(history: data.History) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class EvalMode:
-    """How the policy's prompt is rendered; the reference prompt is the same for every mode."""
+    """How the policy's prompt is rendered; the reference's is the few-shot prompt for every mode,
+    or (`reference_prompt="policy"`) the policy's own."""
 
     name: str
+    reference_prompt: str = "few_shot"
+
+    def __post_init__(self):
+        if self.reference_prompt not in REFERENCE_PROMPTS:
+            raise ValueError(f"reference_prompt must be one of {REFERENCE_PROMPTS}, got {self.reference_prompt!r}")
 
     @property
     def shares_reference_prompt(self) -> bool:
         """True when the policy prompt is the reference prompt, so one packed batch serves both."""
-        return False
+        return self.reference_prompt == "policy"
 
     def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
         raise NotImplementedError
 
     def reference_render(self, record: Mapping[str, Any], index: int) -> Render:
+        if self.reference_prompt == "policy":
+            return self.policy_render(record, index)
         prompt = record[prefs.PROMPT]
         return lambda history: data.reference_prompt(prompt, history)
 
@@ -105,12 +117,13 @@ class IcaMode(EvalMode):
     layout: str = "eval"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.layout not in POLICY_LAYOUTS:
             raise ValueError(f"ICA layout must be one of {POLICY_LAYOUTS}, got {self.layout!r}")
 
     @property
     def shares_reference_prompt(self) -> bool:
-        return self.layout == "eval"
+        return self.layout == "eval" or self.reference_prompt == "policy"
 
     def policy_render(self, record: Mapping[str, Any], index: int) -> Render:
         prompt = record[prefs.PROMPT]
@@ -135,6 +148,7 @@ class PbaTextMode(EvalMode):
     _profiles: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.profile not in PROFILE_SOURCES:
             raise ValueError(f"profile source must be one of {PROFILE_SOURCES}, got {self.profile!r}")
         if self.layout not in POLICY_LAYOUTS:
@@ -199,9 +213,13 @@ class PbaSoftMode(EvalMode):
     bridge: Any = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.bridge is None:
             raise InputError("mode pba_soft needs the policy's preference bridge: "
                              "PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy_folder), tokenizer))")
+        if self.bridge.soft and self.reference_prompt == "policy":
+            raise InputError("mode pba_soft with soft tokens: the reference cannot read the policy's prompt (its "
+                             "soft tokens come from the policy's bridge); score it against the few-shot prompt")
         # A text-conditioned bridge: the policy reads its MAP profile text, as pba_text's learned source.
         object.__setattr__(self, "_text", None if self.bridge.soft else PbaTextMode(profile="learned",
                                                                                       bridge=self.bridge))
@@ -229,16 +247,16 @@ class PbaSoftMode(EvalMode):
         return score(params, config, arrays, soft_tokens=padded, **kwargs)
 
 
-def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto", bridge: Any = None
-                 ) -> EvalMode:
+def resolve_mode(mode: str | EvalMode, *, layout: str = "eval", profile: str = "auto", bridge: Any = None,
+                 reference_prompt: str = "few_shot") -> EvalMode:
     """An `EvalMode` from its name ("ica", "pba_text"; `bridge` a `bridge.PersonaBridge` for the
     profile source "learned"); an `EvalMode` passes through."""
     if isinstance(mode, EvalMode):
         return mode
     if mode == "ica":
-        return IcaMode(layout=layout)
+        return IcaMode(layout=layout, reference_prompt=reference_prompt)
     if mode == "pba_text":
-        return PbaTextMode(profile=profile, bridge=bridge, layout=layout)
+        return PbaTextMode(profile=profile, bridge=bridge, layout=layout, reference_prompt=reference_prompt)
     if mode == "pba_soft":
         raise InputError("mode pba_soft needs the policy's preference bridge: pass "
                          "evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy), tokenizer))")

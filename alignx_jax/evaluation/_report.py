@@ -29,11 +29,21 @@ def _short(name: str, width: int = 60) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
+# What the reference of a run reads (run.json's reference_prompt; absent in older runs: few_shot), and
+# what that makes `accuracy`.
+REFERENCE_READS = {"few_shot": ("the few-shot prompt", "the paper's metric"),
+                   "policy": ("the policy's prompt", "the reward view")}
+
+
+def _reference_reads(report: Mapping[str, Any]) -> tuple[str, str]:
+    return REFERENCE_READS[report.get("run", {}).get("reference_prompt") or "few_shot"]
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """The report as Markdown: headline with the worst persona, then one table per breakdown."""
     run = report.get("run", {})
     lines = ["# Alignment accuracy", ""]
-    for key in ("policy", "reference", "data", "mode", "history", "persona_items"):
+    for key in ("policy", "reference", "data", "mode", "history", "persona_items", "reference_prompt"):
         if key in run:
             value = run[key]
             if isinstance(value, Mapping):
@@ -46,7 +56,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     worst = report["per_persona"][report["worst_persona"]]
     lines.append(f"| worst persona ({_short(report['worst_persona'], 40)}) | {_pct(worst['accuracy'])} | "
                  f"{_ci(worst['ci'])} | {_pct(report['worst_persona_accuracy_logp'])} | | {worst['n']} |")
-    lines += ["", "accuracy: r(chosen) > r(rejected), r = beta * (log pi - log pi_ref), a tie is wrong; "
+    reads, metric = _reference_reads(report)
+    lines += ["", "accuracy: r(chosen) > r(rejected), r = beta * (log pi - log pi_ref), a tie is wrong "
+              f"(the reference reads {reads}: {metric}); "
               "accuracy_logp: log pi(chosen) > log pi(rejected) (the policy alone).", ""]
     for key, title in BREAKDOWNS:
         table = report.get(key) or {}
@@ -133,6 +145,7 @@ def compare(reports: Mapping[str, Mapping[str, Any]]) -> str:
         ("worst persona", [f"{_pct(r['worst_persona_accuracy'])} / {_pct(r['worst_persona_accuracy_logp'])}"
                            for r in reports.values()]),
         ("n", [str(r["n"]) for r in reports.values()]),
+        ("reference reads", [_reference_reads(r)[0] for r in reports.values()]),
     ]
     for key, title in BREAKDOWNS:
         groups = list(dict.fromkeys(g for r in reports.values() for g in (r.get(key) or {})))

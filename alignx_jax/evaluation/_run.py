@@ -23,7 +23,8 @@ RUN = "run.json"
 # Settings that change the scores; a folder's run.json must match them to be resumed. The record
 # selection (--limit / --per-persona) and beta are not among them: rows are keyed by record index.
 IDENTITY_KEYS = ("policy", "reference", "data", "mode", "history", "persona_items", "profile", "policy_layout",
-                 "max_length", "dtype", "bridge")
+                 "reference_prompt", "max_length", "dtype", "bridge")
+IDENTITY_DEFAULTS = {"reference_prompt": "few_shot"}  # the value of a key that folders written before it lack
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
@@ -64,7 +65,8 @@ def check_folder(out: str | os.PathLike, run: Mapping[str, Any], *, flag: str = 
         raise InputError(f"{flag} {out}: the folder is not empty and holds no {RUN} of an evaluation; "
                          f"give a new or empty folder")
     previous = read_json(out / RUN)
-    different = [k for k in IDENTITY_KEYS if previous.get(k) != run.get(k)]
+    different = [k for k in IDENTITY_KEYS
+                 if previous.get(k, IDENTITY_DEFAULTS.get(k)) != run.get(k, IDENTITY_DEFAULTS.get(k))]
     if different:
         k = different[0]
         raise InputError(f"{flag} {out}: holds an evaluation with other settings ({k}: {_brief(previous.get(k))} "

@@ -170,12 +170,18 @@ def test_compare_prints_runs_side_by_side(work, full_run, capsys):
     other = work["root"] / "per_persona_5"
     data_parallel = ("--data-parallel",) if jax.local_device_count() > 1 else ()  # 4 CPU devices in tests
     assert cli.main(eval_args(work, other, "--per-persona", "5", "--mode", "pba_text", "--rows", "1",
-                              *data_parallel)) == 0
+                              "--reference-prompt", "policy", *data_parallel)) == 0
+    rows = read_jsonl(other / "scores.jsonl")
+    assert all(r["reference_prompt"] == r["policy_prompt"] for r in rows)
+    assert "(the reference reads the policy's prompt: the reward view)" in (other / "report.md").read_text()
+    assert "(the reference reads the few-shot prompt: the paper's metric)" in (full_run / "report.md").read_text()
     capsys.readouterr()
     assert cli.main(["eval", "--compare", str(full_run), str(other)]) == 0
     table = capsys.readouterr().out
     assert str(full_run) in table and str(other) in table
     assert "worst persona" in table and "Generate a friendly response." in table and "(n=5)" in table
+    reads = next(line for line in table.splitlines() if line.startswith("reference reads"))
+    assert reads.split()[2:] == ["the", "few-shot", "prompt", "the", "policy's", "prompt"]
 
 
 @pytest.fixture
@@ -226,6 +232,20 @@ def test_refusals_come_first_and_leave_nothing(work, capsys, no_model_loads, tmp
 def test_other_settings_are_refused_in_an_earlier_run_folder(work, full_run, capsys, no_model_loads):
     message = refusal(eval_args(work, full_run, *LIMIT_60, "--mode", "pba_text"), capsys)
     assert "holds an evaluation with other settings (mode" in message
+    message = refusal(eval_args(work, full_run, *LIMIT_60, "--reference-prompt", "policy"), capsys)
+    assert 'other settings (reference_prompt: "few_shot" there, "policy" now)' in message
+
+
+def test_a_folder_written_before_reference_prompt_resumes_as_few_shot(work, full_run):
+    out = work["root"] / "older"
+    shutil.copytree(full_run, out)
+    run = json.loads((out / "run.json").read_text())
+    del run["reference_prompt"]
+    (out / "run.json").write_text(json.dumps(run))
+    assert cli.main(eval_args(work, out, *LIMIT_60)) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"]["records_scored_now"] == 0 and report["accuracy"] == \
+        json.loads((full_run / "report.json").read_text())["accuracy"]
 
 
 def test_generate_resumes_and_judge_reports_win_tie_loss(work, capsys, tmp_path):

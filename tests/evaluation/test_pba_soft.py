@@ -100,6 +100,17 @@ def test_alignx_eval_mode_pba_soft(policy, tmp_path, capsys):
     assert report["n"] == 4
     run = json.loads((out / "run.json").read_text())
     assert run["bridge"] == {"mode": "learned", "conditioning": "soft", "soft_tokens": 3, "encoder_layer": 1}
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert cli.main(["eval", "--policy", policy["policy"], "--reference", policy["policy"], "--data",
+                     str(policy["data"]), "--out", str(refused), "--mode", "pba_soft", "--reference-prompt",
+                     "policy"]) == 2
+    assert "error: --reference-prompt policy: the reference cannot read --mode pba_soft's soft tokens" in \
+        capsys.readouterr().err
+    assert not refused.exists()
+    with pytest.raises(InputError, match="the reference cannot read the policy's prompt"):
+        evaluation.PbaSoftMode(bridge=bridge.PersonaBridge(bridge.load(policy["policy"]), policy["tok"]),
+                               reference_prompt="policy")
 
 
 def test_edits_set_the_dimension_and_change_the_soft_tokens(official_labels, policy):
@@ -149,6 +160,7 @@ def test_learned_profile_is_the_bridges_map_labels(policy):
         profiles.append(want)
     assert any(profiles)  # the random bridge marks some dimension, so the check above sees labels
     assert eval_cli.PROFILE_SOURCES == evaluation.PROFILE_SOURCES  # the CLI's choices
+    assert eval_cli.REFERENCE_PROMPTS == evaluation.REFERENCE_PROMPTS
     with pytest.raises(InputError, match="'learned' goes with a preference bridge"):
         evaluation.PbaTextMode(profile="learned")
     with pytest.raises(InputError, match="'learned' goes with a preference bridge"):

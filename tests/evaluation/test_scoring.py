@@ -1,5 +1,7 @@
 """score_records: per-record log-probs equal an independent full-logits computation on the
 unpacked sequence, and the accuracy equals the hand formula (ties wrong)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,12 +28,12 @@ def sequence_logp(model, tokenizer, prompt: data.ChatPrompt, response: str) -> f
 _forward = jax.jit(llama.forward, static_argnames=("config",))
 
 
-def hand_scores(records, policy, reference, tokenizer, policy_prompt):
+def hand_scores(records, policy, reference, tokenizer, policy_prompt, reference_reads_policy=False):
     out = []
     for r in records:
         history = data.full_history(r)
-        ref_prompt = data.reference_prompt(r["prompt"], history)
         pol_prompt = policy_prompt(r, history)
+        ref_prompt = pol_prompt if reference_reads_policy else data.reference_prompt(r["prompt"], history)
         out.append([sequence_logp(policy, tokenizer, pol_prompt, r["chosen"]),
                     sequence_logp(policy, tokenizer, pol_prompt, r["rejected"]),
                     sequence_logp(reference, tokenizer, ref_prompt, r["chosen"]),
@@ -84,6 +86,30 @@ def test_pba_text_policy_prompt_with_the_few_shot_reference(records, tiny_models
     np.testing.assert_allclose(logps(rows), hand_scores(records, policy, reference, byte_tokenizer, pba),
                                rtol=1e-5, atol=1e-4)
     assert "***User Preferences***" in rows[0]["policy_prompt"] and rows[0]["policy_prompt"] != rows[0]["reference_prompt"]
+
+
+@pytest.mark.parametrize("mode_name", ["pba_text", "ica"])
+def test_a_reference_reading_the_policys_prompt_gives_the_reward_view(records, tiny_models, byte_tokenizer,
+                                                                       mode_name):
+    policy, reference = tiny_models
+    def prompt(record, history):  # the training layouts
+        if mode_name == "ica":
+            return data.ica_train_prompt(record["prompt"], history)
+        return data.pba_prompt(record["prompt"], data.record_profile(record, history, "golden"), evaluation=False)
+
+    mode = evaluation.resolve_mode(mode_name, layout="train", profile="golden", reference_prompt="policy")
+    rows = evaluation.score_records(records, policy=policy, reference=reference, tokenizer=byte_tokenizer, mode=mode)
+    want = hand_scores(records, policy, reference, byte_tokenizer, prompt, reference_reads_policy=True)
+    np.testing.assert_allclose(logps(rows), want, rtol=1e-5, atol=1e-4)
+    assert all(r["reference_prompt"] == r["policy_prompt"] for r in rows)
+    margin = (want[:, 0] - want[:, 2]) - (want[:, 1] - want[:, 3])
+    assert evaluation.summarize(rows)["accuracy"] == pytest.approx(np.mean(margin > 0))
+    few_shot = evaluation.score_records(records, policy=policy, reference=reference, tokenizer=byte_tokenizer,
+                                        mode=dataclasses.replace(mode, reference_prompt="few_shot"))
+    np.testing.assert_allclose(logps(few_shot)[:, :2], want[:, :2], rtol=1e-5, atol=1e-4)  # the policy's view as is
+    assert not np.allclose(logps(few_shot)[:, 2:], want[:, 2:])  # the reference's is not
+    with pytest.raises(ValueError, match="reference_prompt must be one of"):
+        evaluation.IcaMode(reference_prompt="policies")
 
 
 def test_batching_does_not_change_the_scores(records, tiny_models, byte_tokenizer):
