@@ -245,7 +245,8 @@ def score_records(
       tokenizer: the policy's tokenizer (a transformers tokenizer, or any object with `encode`,
         `apply_chat_template`, `bos_token_id` and `eos_token_id`); reference_tokenizer defaults to it.
       mode: "ica" | "pba_text" | an `EvalMode` (what the policy's prompt shows of the persona;
-        the reference always gets the few-shot ICA prompt).
+        the reference gets the few-shot ICA prompt, or the policy's own with the mode's
+        `reference_prompt="policy"`).
       beta: the reward scale of the per-row `reward_*` and `correct` fields.
       history: at most this many UGC + pair items per persona (None: all); a list scores each
         record once per setting (a robustness sweep; `summarize` breaks it down by history size).
