@@ -1,7 +1,7 @@
 """Learning curves of training runs: held-out mean and worst persona against pairs trained.
 
     .venv/bin/python tools/learning_curve.py runs/study/sigmoid_s0 runs/study/sigmoid_s1 \
-        [--png curve.png] [--metric paper|policy|reward]
+        [--png curve.png] [--metric paper|policy|reward] [--split all|seen|unseen]
 
 Reads each run's metrics.jsonl (the held-out evaluations every `eval_every` steps, and the pairs of
 each step) and summary.json (the start model's policy-only figures, and the last evaluation's per-
@@ -11,7 +11,9 @@ worst persona (solid) and mean (dashed) against pairs trained, one colour per ru
 metric has no "before" point (the start model is its own reference: every margin is 0, a tie,
 scored wrong); the policy-only view starts at the start model's figures. `--metric reward`: DPO's
 implicit reward against the start model in the policy's own prompt (runs since it was logged; no
-"before" point either).
+"before" point either). `--split seen|unseen`: only the held-out users of the dimensions training
+users mark, or of those none marks (runs with `data.heldout_unseen`: `eval_seen_*` / `eval_unseen_*`,
+`per_persona_seen` / `per_persona_unseen`); the paper's metric and the policy-only view only.
 """
 from __future__ import annotations
 
@@ -24,20 +26,33 @@ KEYS = {"paper": ("eval_accuracy", "eval_worst_persona_accuracy", "accuracy", "c
         "policy": ("eval_accuracy_logp", "eval_worst_persona_accuracy_logp", "accuracy_logp", "ci_logp", "per_persona"),
         "reward": ("eval_reward_accuracy", "eval_worst_persona_reward_accuracy", "accuracy", "ci", "per_persona_reward")}
 LABELS = {"paper": "paper's metric", "policy": "policy-only", "reward": "reward vs the start model"}
+SPLITS = ("all", "seen", "unseen")
 
 
-def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]], dict]:
+def keys(metric: str, split: str) -> tuple[str, str, str, str, str]:
+    """KEYS[metric], for the held-out users of one split: eval_accuracy -> eval_unseen_accuracy, and
+    per_persona -> per_persona_unseen."""
+    if split == "all":
+        return KEYS[metric]
+    if metric == "reward":
+        raise ValueError(f"--metric reward has no seen / unseen figures (--split {split})")
+    mean_key, worst_key, accuracy, ci, per_persona = KEYS[metric]
+    return (mean_key.replace("eval_", f"eval_{split}_", 1), worst_key.replace("eval_", f"eval_{split}_", 1),
+            accuracy, ci, f"{per_persona}_{split}")
+
+
+def curve(run: pathlib.Path, metric: str, split: str = "all") -> tuple[list[tuple[int, float, float]], dict]:
     """[(pairs trained, mean, worst persona)] at each held-out evaluation, and the run's summary.
     metrics.jsonl holds every evaluation, the final one on the last step's row; a run written before
     it did gets its final evaluation from the summary, placed at the summary's own `steps` (so a
     summary older than metrics.jsonl, a resumed run still going, does not take the newest step's place)."""
     from alignx_jax.train.metrics import read_metrics
 
-    mean_key, worst_key, _, _, _ = KEYS[metric]
+    mean_key, worst_key, _, _, _ = keys(metric, split)
     summary = json.loads((run / "summary.json").read_text())
     points, pairs, pairs_at = [], 0.0, {}
-    if metric == "policy" and "eval_accuracy_logp_before" in summary:
-        points.append((0, summary["eval_accuracy_logp_before"], summary["eval_worst_persona_accuracy_logp_before"]))
+    if metric == "policy" and f"{mean_key}_before" in summary:
+        points.append((0, summary[f"{mean_key}_before"], summary[f"{worst_key}_before"]))
     for row in read_metrics(run):
         pairs += row["pairs"]
         pairs_at[row["step"]] = round(pairs)
@@ -50,9 +65,9 @@ def curve(run: pathlib.Path, metric: str) -> tuple[list[tuple[int, float, float]
     return points, summary
 
 
-def worst_with_ci(summary: dict, metric: str) -> str:
+def worst_with_ci(summary: dict, metric: str, split: str = "all") -> str:
     """The last evaluation's worst persona with its 95% CI, e.g. '60.0 [40, 80]'."""
-    _, _, accuracy, ci, per_persona = KEYS[metric]
+    _, _, accuracy, ci, per_persona = keys(metric, split)
     if not summary.get(per_persona):
         return "n/a"
     worst = min(summary[per_persona].values(), key=lambda v: v[accuracy])
@@ -64,12 +79,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="training output folders (out_dir)")
     parser.add_argument("--metric", choices=sorted(KEYS), default="paper")
+    parser.add_argument("--split", choices=SPLITS, default="all",
+                        help="the held-out users of seen or of unseen dimensions only (data.heldout_unseen runs)")
     parser.add_argument("--png", type=pathlib.Path, help="draw the curves to this file")
     args = parser.parse_args()
-    curves = {run: curve(run, args.metric) for run in args.runs}
+    try:
+        keys(args.metric, args.split)
+    except ValueError as e:
+        parser.error(str(e))
+    curves = {run: curve(run, args.metric, args.split) for run in args.runs}
     for run, (points, summary) in curves.items():
         cells = "; ".join(f"{pairs}: {100 * mean:.1f} / {100 * worst:.1f}" for pairs, mean, worst in points)
-        print(f"| {run} | {cells} | {worst_with_ci(summary, args.metric)} |")
+        print(f"| {run} | {cells} | {worst_with_ci(summary, args.metric, args.split)} |")
     if args.png:
         import matplotlib
         matplotlib.use("Agg")
@@ -82,7 +103,8 @@ def main() -> None:
             ax.plot(pairs, [m for _, m, _ in points], linestyle="--", color=line.get_color(), label=f"{run.name}: mean")
         ax.axhline(0.5, color="grey", linewidth=1, linestyle=":", label="chance")
         ax.set_xlabel("pairs trained")
-        ax.set_ylabel(f"held-out accuracy ({LABELS[args.metric]})")
+        users = "" if args.split == "all" else f"{args.split} dimensions, "
+        ax.set_ylabel(f"held-out accuracy ({users}{LABELS[args.metric]})")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -62,3 +62,26 @@ def test_reward_curve_reads_its_own_keys_and_per_persona_field(tmp_path):
     assert _table(run, "--metric", "reward") == f"| {run} | 7: 80.0 / 65.0; 11: 85.0 / 70.0 | 70.0 [50, 90] |"
     (run / "summary.json").write_text(json.dumps(summary))  # a run from before the reward view was logged
     assert _table(run, "--metric", "reward") == f"| {run} | 7: 80.0 / 65.0 | n/a |"
+
+
+def test_unseen_split_reads_the_unseen_users_keys_and_per_persona_field(tmp_path):
+    run = _run(tmp_path)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[1].update(eval_unseen_accuracy=0.55, eval_unseen_worst_persona_accuracy=0.35,
+                   eval_unseen_accuracy_logp=0.5, eval_unseen_worst_persona_accuracy_logp=0.25)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({
+        **summary, "eval_unseen_accuracy": 0.8, "eval_unseen_worst_persona_accuracy": 0.7,
+        "eval_unseen_accuracy_logp": 0.75, "eval_unseen_worst_persona_accuracy_logp": 0.6,
+        "eval_unseen_accuracy_logp_before": 0.45, "eval_unseen_worst_persona_accuracy_logp_before": 0.2,
+        "per_persona_unseen": {"c": {"accuracy": 0.7, "accuracy_logp": 0.6, "ci": [0.5, 0.9], "ci_logp": [0.4, 0.8]},
+                               "d": {"accuracy": 0.9, "accuracy_logp": 0.9, "ci": [0.75, 1.0], "ci_logp": [0.75, 1.0]}}}))
+    assert _table(run, "--split", "unseen") == f"| {run} | 7: 55.0 / 35.0; 11: 80.0 / 70.0 | 70.0 [50, 90] |"
+    assert _table(run, "--split", "unseen", "--metric", "policy") == \
+        f"| {run} | 0: 45.0 / 20.0; 7: 50.0 / 25.0; 11: 75.0 / 60.0 | 60.0 [40, 80] |"
+    assert _table(run) == f"| {run} | 7: 60.0 / 40.0; 11: 70.0 / 50.0 | 50.0 [30, 70] |"  # all held-out users
+    refused = subprocess.run([sys.executable, str(ROOT / "tools" / "learning_curve.py"), str(run), "--split", "seen",
+                              "--metric", "reward"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].endswith("--metric reward has no seen / unseen figures (--split seen)")
