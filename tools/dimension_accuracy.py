@@ -24,6 +24,7 @@ import numpy as np
 
 SCORE_FILES = ("heldout_scores.jsonl", "scores.jsonl")
 METRICS = ("paper", "policy", "start")
+ROW_KEYS = ("chosen", "rejected", "policy_chosen_logp", "policy_rejected_logp", "ref_chosen_logp", "ref_rejected_logp")
 
 
 def read_scores(path: pathlib.Path) -> list[dict]:
@@ -35,7 +36,19 @@ def read_scores(path: pathlib.Path) -> list[dict]:
         path = found[0]
     elif not path.is_file():
         raise ValueError(f"{path}: no such file or folder")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+        missing = [key for key in ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{number}: a score row needs {', '.join(missing)}")
+        rows.append(row)
+    return rows
 
 
 def contrasts(row: dict) -> list[tuple[int, bool]]:
@@ -78,15 +91,17 @@ def cell(oks: np.ndarray) -> str:
 
 
 def table(rows: list[dict], metric: str) -> list[str]:
-    """Markdown rows: dimension | positive side | negative side | sum of the sides' accuracies (%)."""
+    """Markdown rows: dimension | positive side | negative side | sum of the sides' accuracies (%; '-'
+    unless both sides have records)."""
     from alignx_jax import preferences as prefs
 
     dims = prefs.dimensions()
     lines = []
     for dim, sides in sorted(by_dimension(rows, metric).items()):
-        total = sum(100 * oks.mean() for oks in sides.values() if oks.size)
+        both = all(oks.size for oks in sides.values())
+        total = f"{sum(100 * oks.mean() for oks in sides.values()):.0f}" if both else "-"
         lines.append(f"| {dims[dim].positive} / {dims[dim].negative} | {cell(sides[True])} | {cell(sides[False])} "
-                     f"| {total:.0f} |")
+                     f"| {total} |")
     return lines
 
 

@@ -47,17 +47,17 @@ def test_each_contrasted_style_counts_on_the_chosen_side(tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[0] == f"{run} (paper)"
     assert lines[3:] == [
-        "| High Agreeableness / Low Agreeableness | 1: 100.0 [100, 100] | 0 | 100 |",
+        "| High Agreeableness / Low Agreeableness | 1: 100.0 [100, 100] | 0 | - |",
         "| Likes humor / Dislikes humor | 2: 100.0 [100, 100] | 1: 0.0 [0, 0] | 100 |",
     ]
     policy = _run(run / "heldout_scores.jsonl", "--metric", "policy").stdout.strip().splitlines()
     assert policy[3:] == [
-        "| High Agreeableness / Low Agreeableness | 1: 100.0 [100, 100] | 0 | 100 |",
+        "| High Agreeableness / Low Agreeableness | 1: 100.0 [100, 100] | 0 | - |",
         "| Likes humor / Dislikes humor | 2: 50.0 [0, 100] | 1: 0.0 [0, 0] | 50 |",
     ]
     start = _run(run, "--metric", "start").stdout.strip().splitlines()
     assert start[3:] == [
-        "| High Agreeableness / Low Agreeableness | 1: 0.0 [0, 0] | 0 | 0 |",
+        "| High Agreeableness / Low Agreeableness | 1: 0.0 [0, 0] | 0 | - |",
         "| Likes humor / Dislikes humor | 2: 50.0 [0, 100] | 1: 100.0 [100, 100] | 150 |",
     ]
 
@@ -68,6 +68,13 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path):
     assert empty.stderr.strip().splitlines()[-1].endswith(f"{tmp_path}: no heldout_scores.jsonl or scores.jsonl in this folder")
     rows = tmp_path / "scores.jsonl"
     rows.write_text(json.dumps({k: v for k, v in _row(BODY, BODY, True, True).items() if not k.startswith("start_")}) + "\n")
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_text(rows.read_text() + '{"chosen": "a"\n')
+    assert _run(truncated).stderr.strip().splitlines()[-1].startswith(f"dimension_accuracy.py: error: {truncated}:2: not JSON")
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text(json.dumps({"chosen": "a", "rejected": "b", "policy_chosen_logp": 0.0}) + "\n")
+    assert _run(partial).stderr.strip().splitlines()[-1].endswith(
+        f"{partial}:1: a score row needs policy_rejected_logp, ref_chosen_logp, ref_rejected_logp")
     no_start = _run(rows, "--metric", "start")
     assert no_start.returncode == 2
     assert no_start.stderr.strip().splitlines()[-1].endswith("no start_* log-probs (a training run's held-out scores have them)")
