@@ -17,7 +17,6 @@ model's policy-only view (training runs: its `start_*` log-probs).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 import numpy as np
@@ -28,7 +27,10 @@ ROW_KEYS = ("chosen", "rejected", "policy_chosen_logp", "policy_rejected_logp", 
 
 
 def read_scores(path: pathlib.Path) -> list[dict]:
-    """The score rows of a run folder (its heldout_scores.jsonl or scores.jsonl) or of a .jsonl file."""
+    """The score rows of a run folder (its heldout_scores.jsonl or scores.jsonl) or of a .jsonl file
+    (`evaluation.read_rows`: a truncated last row, a killed run's, is dropped; a damaged line is an error)."""
+    from alignx_jax import evaluation
+
     if path.is_dir():
         found = [path / name for name in SCORE_FILES if (path / name).is_file()]
         if not found:
@@ -36,18 +38,11 @@ def read_scores(path: pathlib.Path) -> list[dict]:
         path = found[0]
     elif not path.is_file():
         raise ValueError(f"{path}: no such file or folder")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    rows = evaluation.read_rows(path)
+    for number, row in enumerate(rows, start=1):
         missing = [key for key in ROW_KEYS if key not in row]
         if missing:
-            raise ValueError(f"{path}:{number}: a score row needs {', '.join(missing)}")
-        rows.append(row)
+            raise ValueError(f"{path}: row {number} needs {', '.join(missing)}")
     return rows
 
 

@@ -68,13 +68,13 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path):
     assert empty.stderr.strip().splitlines()[-1].endswith(f"{tmp_path}: no heldout_scores.jsonl or scores.jsonl in this folder")
     rows = tmp_path / "scores.jsonl"
     rows.write_text(json.dumps({k: v for k, v in _row(BODY, BODY, True, True).items() if not k.startswith("start_")}) + "\n")
-    truncated = tmp_path / "truncated.jsonl"
-    truncated.write_text(rows.read_text() + '{"chosen": "a"\n')
-    assert _run(truncated).stderr.strip().splitlines()[-1].startswith(f"dimension_accuracy.py: error: {truncated}:2: not JSON")
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text('{"chosen": "a"\n' + rows.read_text())
+    assert _run(damaged).stderr.strip().splitlines()[-1].startswith(f"dimension_accuracy.py: error: {damaged}: line 1 is not a JSON row")
     partial = tmp_path / "partial.jsonl"
     partial.write_text(json.dumps({"chosen": "a", "rejected": "b", "policy_chosen_logp": 0.0}) + "\n")
     assert _run(partial).stderr.strip().splitlines()[-1].endswith(
-        f"{partial}:1: a score row needs policy_rejected_logp, ref_chosen_logp, ref_rejected_logp")
+        f"{partial}: row 1 needs policy_rejected_logp, ref_chosen_logp, ref_rejected_logp")
     no_start = _run(rows, "--metric", "start")
     assert no_start.returncode == 2
     assert no_start.stderr.strip().splitlines()[-1].endswith("no start_* log-probs (a training run's held-out scores have them)")
